@@ -1,0 +1,51 @@
+"""The one exception hierarchy of MAO (design.md §7).
+
+The CLI maps each class to an exit code; tasks record them in the run report.
+"""
+
+
+class MaoError(Exception):
+    """Base of every error MAO raises on purpose; its message is one line for a person."""
+
+
+class NotFound(MaoError):
+    """A tool, dataset, run or other named thing does not exist."""
+
+
+class AlreadyExists(MaoError):
+    """A create-only write found the name taken; nothing was changed."""
+
+
+class InvalidInput(MaoError):
+    """A value failed validation (name, URL, image reference, schedule, ...); nothing was changed."""
+
+
+class AlreadyRunning(MaoError):
+    """A run of this tool is already under way on this node."""
+
+    def __init__(self, tool: str, run_id: str) -> None:
+        super().__init__(f"tool {tool!r} is already running (run {run_id})")
+        self.tool = tool
+        self.run_id = run_id
+
+
+class ServiceUnavailable(MaoError):
+    """A service (etcd, Redis, Docker, git remote) did not answer.
+
+    Args:
+        service: the service's name as a person knows it, e.g. "etcd".
+        endpoint: what was tried, e.g. "127.0.0.1:2379".
+        detail: the underlying error, one line.
+    """
+
+    def __init__(self, service: str, endpoint: str, detail: str = "") -> None:
+        message = f"{service} unreachable at {endpoint}"
+        if detail:
+            message += f": {detail}"
+        super().__init__(message)
+        self.service = service
+        self.endpoint = endpoint
+
+
+class RunFailed(MaoError):
+    """A tool run ended without success; the message is the reason recorded in its report."""

@@ -1,0 +1,249 @@
+"""Data models of MAO and the validation rules for what enters the registry.
+
+Every registry value is validated when written and again when read back from etcd (another
+member may have written it with another client), so the rules live here, on the models.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# design.md §3: names become directory names under importdir, so nothing else passes.
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+# Docker's reference grammar (distribution/reference, regexp.go).
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|-+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?)"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_RE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::{_TAG})?(?:@{_DIGEST})?"
+)
+IMAGE_NAME_MAX = 255
+
+GIT_URL_SCHEMES = frozenset({"https", "http", "ssh", "git", "file"})
+_SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[^:].*")
+_SAFE_CHARS_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces or control characters
+
+
+def validate_name(value: str) -> str:
+    """Check a tool or dataset name: `[a-z0-9][a-z0-9._-]{0,63}` (design.md §3).
+
+    Raises:
+        ValueError: the name does not match; the message says why.
+    """
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid name {value!r}: use 1-64 of a-z 0-9 . _ - , starting with a letter or digit"
+        )
+    return value
+
+
+def validate_image(value: str) -> str:
+    """Check an image reference against Docker's reference grammar (name[:tag][@digest]).
+
+    Raises:
+        ValueError: not a valid reference, or its name is longer than 255 characters.
+    """
+    match = IMAGE_RE.fullmatch(value)
+    if match is None or len(match["name"]) > IMAGE_NAME_MAX:
+        raise ValueError(f"invalid image reference {value!r}: expected e.g. 'mao-demo:latest'")
+    return value
+
+
+def validate_git_url(value: str) -> str:
+    """Check a git URL that will be handed to `git clone`.
+
+    Accepted: `https://`, `http://`, `ssh://`, `git://`, `file://` URLs, scp-like
+    `user@host:path`, and absolute paths. Refused: remote helpers such as `ext::` and `fd::`
+    (they run commands), anything starting with `-` or holding a part that starts with `-`
+    (git would read it as an option), spaces and control characters.
+
+    Raises:
+        ValueError: the URL is refused; the message says why.
+    """
+    if not value or not _SAFE_CHARS_RE.fullmatch(value):
+        raise ValueError(f"invalid git URL {value!r}: empty or contains spaces/control characters")
+    if "::" in value:
+        raise ValueError(f"invalid git URL {value!r}: remote helpers ('transport::') are refused")
+    if any(part.startswith("-") for part in re.split(r"[/:@]", value)):
+        raise ValueError(f"invalid git URL {value!r}: a part starting with '-' looks like an option")
+    if value.startswith("/"):
+        return value
+    if _SCP_LIKE_RE.fullmatch(value) and "://" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in GIT_URL_SCHEMES:
+        raise ValueError(
+            f"invalid git URL {value!r}: use https://, http://, ssh://, git://, file://, "
+            "user@host:path or an absolute path"
+        )
+    if parts.scheme == "file":
+        if not PurePosixPath(parts.path).is_absolute():
+            raise ValueError(f"invalid git URL {value!r}: file:// needs an absolute path")
+    elif not parts.hostname:
+        raise ValueError(f"invalid git URL {value!r}: no host")
+    return value
+
+
+Name = Annotated[str, AfterValidator(validate_name)]
+ImageRef = Annotated[str, AfterValidator(validate_image)]
+GitUrl = Annotated[str, AfterValidator(validate_git_url)]
+Text = Annotated[str, Field(max_length=4096)]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tool(_Model):
+    """A registered data collector: a Docker image run against a data repository.
+
+    `spike_window` (number of earlier values averaged into the baseline) and
+    `spike_threshold_pct` (percent) override the node's defaults when set.
+    """
+
+    name: Name
+    author: Annotated[str, Field(min_length=1, max_length=256)]
+    image: ImageRef
+    data_repo: GitUrl
+    code_repo: Annotated[str, Field(min_length=1, max_length=2048)]
+    artefact: Annotated[str, Field(min_length=1, max_length=256)]
+    description: Text = ""
+    spike_window: Annotated[int, Field(ge=1, le=1000)] | None = None
+    spike_threshold_pct: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = ""
+
+
+class Dataset(_Model):
+    """A registered git-hosted dataset."""
+
+    name: Name
+    url: GitUrl
+    description: Text = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = ""
+
+
+class Member(_Model):
+    """A live node of the federation, kept in etcd on a lease refreshed by its heartbeat."""
+
+    node_id: Annotated[str, Field(min_length=1, max_length=253)]
+    hostname: str
+    version: str
+    started_at: datetime
+    last_seen: datetime
+
+
+class InvalidControlFile(_Model):
+    """A `control-<value>.csv` file that could not be read as one finite number."""
+
+    name: str
+    reason: str
+
+
+class SpikeResult(_Model):
+    """What spike detection found in a tool's data directory.
+
+    The rule (original MAO): baseline = mean of the `window` values before the latest;
+    gain % = (latest / baseline - 1) x 100; spike when |gain| > `threshold_pct`.
+    `gain_pct` is None when it is undefined (zero baseline, too few values); `reason`
+    then says why. Files are listed in detection order (numeric when every value part is a number,
+    else as strings).
+    """
+
+    window: int
+    threshold_pct: float
+    files: list[str] = []
+    values: list[float] = []
+    invalid: list[InvalidControlFile] = []
+    ignored: list[str] = []
+    new_files: list[str] = []
+    latest: float | None = None
+    baseline: float | None = None
+    difference: float | None = None
+    gain_pct: float | None = None
+    spike: bool = False
+    reason: str = ""
+    compliance_warning: str | None = None
+
+
+class Notification(_Model):
+    """A spike notification, published once per run under `/mao/notifications/`."""
+
+    tool: Name
+    node: str
+    run_id: str
+    control_value: float
+    baseline: float | None
+    gain_pct: float | None
+    threshold_pct: float
+    detected_at: datetime
+
+
+class RunStatus(StrEnum):
+    """The life of a run. Transitions (the only ones allowed):
+
+    queued -> preparing -> running -> detecting -> publishing -> succeeded;
+    any non-terminal state -> failed (a step failed) or interrupted (the node stopped it).
+    """
+
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    DETECTING = "detecting"
+    PUBLISHING = "publishing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def terminal(self) -> bool:
+        """True for succeeded, failed and interrupted."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.INTERRUPTED})
+
+
+class RunReport(BaseModel):
+    """One run's state, handed from task to task along the chain; its final form is the report.
+
+    Times are UTC. `timeout_s` is the container's wall-clock limit in seconds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    tool: Name
+    node: str
+    status: RunStatus = RunStatus.QUEUED
+    queued_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    image: str = ""
+    data_dir: str = ""
+    timeout_s: float = 3600.0
+    control_files_before: list[str] = []
+    container_name: str = ""
+    exit_code: int | None = None
+    log_tail: str = ""
+    spike: SpikeResult | None = None
+    notification_key: str | None = None
+    error: str | None = None
