@@ -17,7 +17,7 @@ class AlreadyExists(MaoError):
 
 
 class InvalidInput(MaoError):
-    """A value failed validation (name, URL, image reference, schedule, ...); nothing was changed."""
+    """A value failed validation (name, URL, image, schedule, ...); nothing was changed."""
 
 
 class AlreadyRunning(MaoError):

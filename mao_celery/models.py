@@ -10,10 +10,12 @@ import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from mao_celery.exceptions import InvalidInput
 
 # design.md §3: names become directory names under importdir, so nothing else passes.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -30,6 +32,8 @@ IMAGE_RE = re.compile(
     rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::{_TAG})?(?:@{_DIGEST})?"
 )
 IMAGE_NAME_MAX = 255
+
+M = TypeVar("M", bound=BaseModel)
 
 GIT_URL_SCHEMES = frozenset({"https", "http", "ssh", "git", "file"})
 _SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[^:].*")
@@ -72,12 +76,14 @@ def validate_git_url(value: str) -> str:
     Raises:
         ValueError: the URL is refused; the message says why.
     """
-    if not value or not _SAFE_CHARS_RE.fullmatch(value):
-        raise ValueError(f"invalid git URL {value!r}: empty or contains spaces/control characters")
     if "::" in value:
         raise ValueError(f"invalid git URL {value!r}: remote helpers ('transport::') are refused")
+    if not value or not _SAFE_CHARS_RE.fullmatch(value):
+        raise ValueError(f"invalid git URL {value!r}: empty or contains spaces/control characters")
     if any(part.startswith("-") for part in re.split(r"[/:@]", value)):
-        raise ValueError(f"invalid git URL {value!r}: a part starting with '-' looks like an option")
+        raise ValueError(
+            f"invalid git URL {value!r}: a part starting with '-' looks like an option"
+        )
     if value.startswith("/"):
         return value
     if _SCP_LIKE_RE.fullmatch(value) and "://" not in value:
@@ -247,3 +253,22 @@ class RunReport(BaseModel):
     spike: SpikeResult | None = None
     notification_key: str | None = None
     error: str | None = None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """The first problem of a pydantic validation error as one line: `field: message`."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "value"
+    return f"{where}: {str(first['msg']).removeprefix('Value error, ')}"
+
+
+def build(model: type[M], **fields: Any) -> M:
+    """Build and validate `model(**fields)`.
+
+    Raises:
+        InvalidInput: the first field that failed, and why; nothing was written anywhere.
+    """
+    try:
+        return model(**fields)
+    except ValidationError as e:
+        raise InvalidInput(describe_validation_error(e)) from e

@@ -1,0 +1,365 @@
+"""maoctl: the command line of a MAO node (also `python cli.py`).
+
+Thin by design: parse, call the package, print. Imports of the package's heavier modules
+(etcd/gRPC, Docker, Celery, GitPython, rich) happen inside the commands that need them, so each
+command pays only for what it uses (the one exception to "imports at the top", for start-up time).
+
+Exit codes: 0 ok; 1 not found, already exists, already running or invalid input; 2 usage;
+3 a service (etcd, Redis, Docker, git remote) is unreachable; 4 a tool run failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from mao_celery import exceptions as errors
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from mao_celery.models import RunReport
+    from mao_celery.registry import InvalidEntry, Registry
+    from mao_celery.settings import Settings
+
+EXIT_CODES: dict[type[errors.MaoError], int] = {
+    errors.NotFound: 1,
+    errors.AlreadyExists: 1,
+    errors.AlreadyRunning: 1,
+    errors.InvalidInput: 1,
+    errors.ServiceUnavailable: 3,
+    errors.RunFailed: 4,
+}
+
+
+def fail(error: errors.MaoError) -> NoReturn:
+    """Print `error` as one line on stderr and exit with its code."""
+    click.echo(f"error: {error}", err=True)
+    code = next((c for cls, c in EXIT_CODES.items() if isinstance(error, cls)), 1)
+    sys.exit(code)
+
+
+class MaoGroup(click.Group):
+    """A click group that turns MAO errors into one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.MaoError as e:
+            fail(e)
+
+
+def settings() -> Settings:
+    from mao_celery.settings import load_settings
+
+    return load_settings()
+
+
+def registry() -> Registry:
+    from mao_celery.registry import connect
+
+    return connect(settings())
+
+
+def print_json(data: Any) -> None:
+    """Print `data` (models are dumped in JSON mode) as indented JSON on stdout."""
+
+    def plain(value: Any) -> Any:
+        if hasattr(value, "model_dump"):
+            return value.model_dump(mode="json")
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    click.echo(json.dumps(plain(data), indent=2))
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Print a table for people (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    Console().print(table)
+
+
+def warn_invalid(invalid: Iterable[InvalidEntry]) -> None:
+    """Tell the user on stderr about registry entries that failed validation."""
+    for entry in invalid:
+        click.echo(f"warning: skipped {entry.reason}", err=True)
+
+
+def show_entries(
+    items: Sequence[BaseModel],
+    as_json: bool,
+    title: str,
+    columns: Sequence[str],
+    row: Callable[[Any], Sequence[object]],
+) -> None:
+    """Print registry entries as JSON or as a table."""
+    if as_json:
+        print_json(list(items))
+    else:
+        print_table(title, columns, (row(item) for item in items))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(cls=MaoGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mao-orchestrator", prog_name="maoctl")
+def main() -> None:
+    """MAO Orchestrator: register, run and schedule data collectors (tools) and datasets."""
+
+
+# ---- tools -----------------------------------------------------------------------------------
+
+
+@main.group(cls=MaoGroup)
+def tool() -> None:
+    """List, register, remove and run tools."""
+
+
+TOOL_COLUMNS = ("name", "author", "image", "data repo", "artefact", "description")
+
+
+def tool_row(t: Any) -> Sequence[object]:
+    return (t.name, t.author, t.image, t.data_repo, t.artefact, t.description)
+
+
+@tool.command("get")
+@click.argument("name", required=False)
+@json_option
+def tool_get(name: str | None, as_json: bool) -> None:
+    """List registered tools, or show tool NAME."""
+    reg = registry()
+    if name is not None:
+        items = [reg.tools.get(name)]
+    else:
+        items, invalid = reg.tools.list()
+        warn_invalid(invalid)
+    if as_json and name is not None:
+        print_json(items[0])
+    else:
+        show_entries(items, as_json, "Tools", TOOL_COLUMNS, tool_row)
+
+
+@tool.command("add")
+@click.argument("name")
+@click.argument("author")
+@click.argument("image")
+@click.argument("data_repo")
+@click.argument("code_repo")
+@click.argument("artefact")
+@click.option("--description", default="", help="What the tool collects.")
+@click.option(
+    "--spike-window",
+    type=click.IntRange(1, 1000),
+    help="Values averaged into the baseline (node default: 2).",
+)
+@click.option(
+    "--spike-threshold",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Spike when |gain| exceeds this many percent (node default: 20).",
+)
+def tool_add(
+    name: str,
+    author: str,
+    image: str,
+    data_repo: str,
+    code_repo: str,
+    artefact: str,
+    description: str,
+    spike_window: int | None,
+    spike_threshold: float | None,
+) -> None:
+    """Register tool NAME: its Docker IMAGE runs against a clone of DATA_REPO.
+
+    CODE_REPO is where its source lives; ARTEFACT is the kind of artefact it targets.
+    """
+    from mao_celery.models import Tool, build
+
+    node = settings().node_id
+    tool_ = build(
+        Tool,
+        name=name,
+        author=author,
+        image=image,
+        data_repo=data_repo,
+        code_repo=code_repo,
+        artefact=artefact,
+        description=description,
+        spike_window=spike_window,
+        spike_threshold_pct=spike_threshold,
+        created_by=node,
+    )
+    registry().tools.add(tool_)
+    click.echo(f"tool {name} registered")
+
+
+@tool.command("remove")
+@click.argument("name")
+def tool_remove(name: str) -> None:
+    """Remove tool NAME from the registry (its local data directory is kept)."""
+    registry().tools.remove(name)
+    click.echo(f"tool {name} removed")
+
+
+# ---- datasets --------------------------------------------------------------------------------
+
+
+@main.group(cls=MaoGroup)
+def dataset() -> None:
+    """List, register, remove and clone datasets."""
+
+
+@dataset.command("get")
+@click.argument("name", required=False)
+@json_option
+def dataset_get(name: str | None, as_json: bool) -> None:
+    """List registered datasets, or show dataset NAME."""
+    reg = registry()
+    if name is not None:
+        items = [reg.datasets.get(name)]
+    else:
+        items, invalid = reg.datasets.list()
+        warn_invalid(invalid)
+    if as_json and name is not None:
+        print_json(items[0])
+    else:
+        show_entries(
+            items,
+            as_json,
+            "Datasets",
+            ("name", "url", "description"),
+            lambda d: (d.name, d.url, d.description),
+        )
+
+
+@dataset.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--description", default="", help="What the dataset holds.")
+def dataset_add(name: str, url: str, description: str) -> None:
+    """Register dataset NAME, a git repository at URL."""
+    from mao_celery.models import Dataset, build
+
+    item = build(
+        Dataset, name=name, url=url, description=description, created_by=settings().node_id
+    )
+    registry().datasets.add(item)
+    click.echo(f"dataset {name} registered")
+
+
+@dataset.command("remove")
+@click.argument("name")
+def dataset_remove(name: str) -> None:
+    """Remove dataset NAME from the registry (a local clone is kept)."""
+    registry().datasets.remove(name)
+    click.echo(f"dataset {name} removed")
+
+
+@dataset.command("clone")
+@click.argument("name")
+@click.option("--update", is_flag=True, help="Fast-forward an existing clone instead.")
+def dataset_clone(name: str, update: bool) -> None:
+    """Clone dataset NAME into importdir/NAME (or fast-forward it with --update)."""
+    from mao_celery import datasets
+
+    conf = settings()
+    dest = conf.importdir / name
+    if update:
+        head = datasets.update(dest)
+        click.echo(f"dataset {name} updated to {head[:12]} in {dest}")
+        return
+    item = registry().datasets.get(name)
+    click.echo(f"cloning {item.url} into {dest} ...", err=True)
+    datasets.clone(item.url, dest)
+    click.echo(f"dataset {name} cloned into {dest}")
+
+
+@dataset.command("list-local")
+@json_option
+def dataset_list_local(as_json: bool) -> None:
+    """List the data directories under importdir (from the file system)."""
+    from mao_celery import datasets
+
+    local = datasets.list_local(settings().importdir)
+    if as_json:
+        print_json([vars(item) | {"path": str(item.path)} for item in local])
+    else:
+        print_table(
+            "Local datasets",
+            ("name", "path", "git", "head", "remote"),
+            ((d.name, d.path, "yes" if d.is_git else "no", d.head, d.remote) for d in local),
+        )
+
+
+# ---- node ------------------------------------------------------------------------------------
+
+
+@main.command()
+@json_option
+def status(as_json: bool) -> None:
+    """Check this node's dependencies: etcd, Redis, the Docker daemon, importdir.
+
+    Exits 3 when any of them is not usable.
+    """
+    from mao_celery.health import check_all
+
+    checks = check_all(settings())
+    if as_json:
+        print_json([{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks])
+    else:
+        for check in checks:
+            click.echo(f"{check.name:<10} {'OK' if check.ok else 'FAIL'}  {check.detail}")
+    if not all(check.ok for check in checks):
+        sys.exit(EXIT_CODES[errors.ServiceUnavailable])
+
+
+def report_lines(report: RunReport) -> list[str]:
+    """A run report as lines for people."""
+    lines = [
+        f"run        {report.run_id}",
+        f"tool       {report.tool}  (node {report.node})",
+        f"status     {report.status}",
+        f"image      {report.image}",
+        f"data dir   {report.data_dir}",
+    ]
+    if report.exit_code is not None:
+        lines.append(f"exit code  {report.exit_code}")
+    spike = report.spike
+    if spike is not None:
+        lines += [
+            f"snapshots  {len(spike.files)} valid control files ({len(spike.new_files)} new)",
+            f"baseline   {spike.baseline}",
+            f"current    {spike.latest}",
+            f"difference {spike.difference}",
+            f"gain       {'undefined' if spike.gain_pct is None else f'{spike.gain_pct:+.2f}%'}",
+            f"spike      {'YES' if spike.spike else 'no'}  ({spike.reason})",
+        ]
+        lines += [f"invalid    {f.name}: {f.reason}" for f in spike.invalid]
+        lines += [f"ignored    {name}" for name in spike.ignored]
+        if spike.compliance_warning:
+            lines.append(f"warning    {spike.compliance_warning}")
+    if report.notification_key:
+        lines.append(f"notified   {report.notification_key}")
+    if report.error:
+        lines.append(f"error      {report.error}")
+    if report.log_tail and report.status != "succeeded":
+        lines.append("log tail:")
+        lines += ["  " + line for line in report.log_tail.splitlines()]
+    return lines
+
+
+if __name__ == "__main__":
+    main(prog_name=Path(sys.argv[0]).stem if sys.argv[0].endswith("maoctl") else "cli.py")

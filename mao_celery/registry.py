@@ -1,0 +1,279 @@
+"""The federation-wide registry on etcd (design.md §3): tools, datasets, members, notifications.
+
+All keys sit under the configured prefix (default `/mao/`). Creates are etcd transactions that
+write only if the key is absent; listings are one prefix range read. Every value read back is
+validated with its model, since another member may have written it with another client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+import pyetcd
+from pydantic import BaseModel, ValidationError
+from pyetcd import exceptions as etcd_errors
+
+from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
+from mao_celery.models import Dataset, Member, Notification, Tool, describe_validation_error
+from mao_celery.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+_TRANSIENT = (
+    etcd_errors.ConnectionFailedError,
+    etcd_errors.ConnectionTimeoutError,
+    etcd_errors.NoServerAvailableError,
+)
+
+
+@dataclass(frozen=True)
+class InvalidEntry:
+    """A registry value that does not pass its model's validation (key, one-line reason)."""
+
+    key: str
+    reason: str
+
+
+def _parse(model: type[M], key: str, raw: bytes) -> M:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        raise InvalidInput(f"registry entry {key} is invalid ({describe_validation_error(e)})") from e
+
+
+class Etcd:
+    """An etcd v3 client over one or more endpoints, with MAO's error handling.
+
+    A call that fails on one endpoint is retried on the next (failover), once per endpoint;
+    when none answers it raises `ServiceUnavailable("etcd", <endpoints>)`.
+    """
+
+    def __init__(self, endpoints: Sequence[str], timeout_s: float) -> None:
+        self.endpoints = list(endpoints)
+        self.client = pyetcd.MultiEndpointEtcd3Client(
+            endpoints=[self._endpoint(e) for e in self.endpoints],
+            timeout=timeout_s,
+            failover=len(self.endpoints) > 1,
+        )
+
+    @staticmethod
+    def _endpoint(endpoint: str) -> pyetcd.Endpoint:
+        host, _, port = endpoint.rpartition(":")
+        return pyetcd.Endpoint(host, int(port), secure=False, time_retry=5.0)
+
+    def call(self, operation: Callable[[pyetcd.MultiEndpointEtcd3Client], T]) -> T:
+        """Run `operation(client)`, failing over across endpoints.
+
+        Raises:
+            ServiceUnavailable: no endpoint answered.
+        """
+        last: Exception | None = None
+        for _ in self.endpoints:
+            try:
+                return operation(self.client)
+            except _TRANSIENT as e:
+                last = e
+        detail = type(last).__name__ if last else ""
+        raise ServiceUnavailable("etcd", ",".join(self.endpoints), detail) from last
+
+    def close(self) -> None:
+        """Close the gRPC channels."""
+        self.client.close()
+
+
+def read_prefix(
+    etcd: Etcd, prefix: str, model: type[M], **range_options: int
+) -> tuple[list[tuple[str, M]], list[InvalidEntry], int]:
+    """Read every key under `prefix` in one range read and validate each value with `model`.
+
+    `range_options` go to etcd's range request (e.g. `min_mod_revision`).
+
+    Returns:
+        ((key, value) pairs sorted by key, entries that failed validation, the store's revision).
+    Raises:
+        ServiceUnavailable: etcd did not answer.
+    """
+    response = etcd.call(
+        lambda client: client.get_prefix_response(prefix, sort_order="ascend", **range_options)
+    )
+    entries: list[tuple[str, M]] = []
+    invalid: list[InvalidEntry] = []
+    for kv in response.kvs:
+        key = kv.key.decode("utf-8", "replace")
+        try:
+            entries.append((key, _parse(model, key, kv.value)))
+        except InvalidInput as e:
+            invalid.append(InvalidEntry(key, str(e)))
+    return entries, invalid, int(response.header.revision)
+
+
+class Collection(Generic[M]):
+    """Create-only CRUD of one kind of registry entry, keyed by the entry's `name`."""
+
+    def __init__(self, etcd: Etcd, prefix: str, model: type[M]) -> None:
+        self._etcd = etcd
+        self.prefix = prefix
+        self._model = model
+
+    def key(self, name: str) -> str:
+        """The etcd key of entry `name`."""
+        return f"{self.prefix}{name}"
+
+    def add(self, item: M) -> None:
+        """Write `item` only if no entry of its name exists (one transaction).
+
+        Raises:
+            AlreadyExists: the name is taken; nothing was written.
+            ServiceUnavailable: etcd did not answer.
+        """
+        name = getattr(item, "name")  # noqa: B009 - every registry model has a name
+        key = self.key(name)
+        value = item.model_dump_json()
+
+        def create(client: pyetcd.MultiEndpointEtcd3Client) -> bool:
+            ok, _ = client.transaction(
+                compare=[client.transactions.create(key) == 0],
+                success=[client.transactions.put(key, value)],
+                failure=[],
+            )
+            return bool(ok)
+
+        if not self._etcd.call(create):
+            raise AlreadyExists(f"{self._kind} {name!r} already exists")
+
+    def get(self, name: str) -> M:
+        """Read and validate entry `name`.
+
+        Raises:
+            NotFound: no such entry.
+            InvalidInput: the stored value is not valid (written by another client?).
+            ServiceUnavailable: etcd did not answer.
+        """
+        key = self.key(name)
+        raw, _ = self._etcd.call(lambda client: client.get(key))
+        if raw is None:
+            raise NotFound(f"{self._kind} {name!r} is not registered")
+        return _parse(self._model, key, raw)
+
+    def list(self) -> tuple[list[M], list[InvalidEntry]]:
+        """All entries in one prefix read, sorted by name, and the ones that failed validation.
+
+        Raises:
+            ServiceUnavailable: etcd did not answer.
+        """
+        entries, invalid, _ = read_prefix(self._etcd, self.prefix, self._model)
+        return [item for _, item in entries], invalid
+
+    def remove(self, name: str) -> None:
+        """Delete entry `name`.
+
+        Raises:
+            NotFound: no such entry.
+            ServiceUnavailable: etcd did not answer.
+        """
+        key = self.key(name)
+        if not self._etcd.call(lambda client: client.delete(key)):
+            raise NotFound(f"{self._kind} {name!r} is not registered")
+
+    @property
+    def _kind(self) -> str:
+        return self._model.__name__.lower()
+
+
+class Registry:
+    """The registry of one federation, under `prefix` on the etcd cluster `etcd`."""
+
+    def __init__(self, etcd: Etcd, prefix: str) -> None:
+        self.etcd = etcd
+        self.prefix = prefix
+        self.tools: Collection[Tool] = Collection(etcd, f"{prefix}tools/", Tool)
+        self.datasets: Collection[Dataset] = Collection(etcd, f"{prefix}datasets/", Dataset)
+        self.notifications_prefix = f"{prefix}notifications/"
+        self.members_prefix = f"{prefix}members/"
+
+    def publish_notification(
+        self, notification: Notification, started_at: datetime, retention_s: int
+    ) -> tuple[str, bool]:
+        """Write `notification` once per run, on a lease of `retention_s` seconds.
+
+        The key, `<prefix>notifications/<run start UTC>-<node>-<tool>`, depends only on the run,
+        so a retried or redelivered task finds it already written and writes nothing.
+
+        Returns:
+            (key, created): created is False when the run's notification already existed.
+        Raises:
+            AlreadyExists: the key holds the notification of another run.
+            ServiceUnavailable: etcd did not answer.
+        """
+        stamp = started_at.strftime("%Y%m%dT%H%M%S.%fZ")
+        key = f"{self.notifications_prefix}{stamp}-{notification.node}-{notification.tool}"
+        value = notification.model_dump_json()
+
+        def create(client: pyetcd.MultiEndpointEtcd3Client) -> tuple[bool, bytes | None]:
+            lease = client.lease(retention_s)
+            ok, responses = client.transaction(
+                compare=[client.transactions.create(key) == 0],
+                success=[client.transactions.put(key, value, lease=lease)],
+                failure=[client.transactions.get(key)],
+            )
+            if ok:
+                return True, None
+            client.revoke_lease(lease.id)
+            return False, responses[0][0][0]
+
+        created, existing = self.etcd.call(create)
+        owner = None if existing is None else _parse(Notification, key, existing).run_id
+        if owner not in (None, notification.run_id):
+            raise AlreadyExists(f"notification {key} belongs to another run")
+        return key, created
+
+    def notifications(
+        self, *, tool: str | None = None, after_revision: int = 0
+    ) -> tuple[list[tuple[str, Notification]], list[InvalidEntry], int]:
+        """Notifications (oldest first), optionally of one tool or newer than a revision.
+
+        Returns:
+            (notifications as (key, value), invalid entries, the store's current revision):
+            pass that revision as `after_revision` next time to read only newer ones.
+        Raises:
+            ServiceUnavailable: etcd did not answer.
+        """
+        options = {"min_mod_revision": after_revision + 1} if after_revision else {}
+        entries, invalid, revision = read_prefix(
+            self.etcd, self.notifications_prefix, Notification, **options
+        )
+        found = [(key, n) for key, n in entries if tool is None or n.tool == tool]
+        return found, invalid, revision
+
+    def register_member(self, member: Member, ttl_s: int) -> int:
+        """Write this node's member record on a new lease of `ttl_s` seconds; returns the lease id.
+
+        Raises:
+            ServiceUnavailable: etcd did not answer.
+        """
+        key = f"{self.members_prefix}{member.node_id}"
+
+        def put(client: pyetcd.MultiEndpointEtcd3Client) -> int:
+            lease = client.lease(ttl_s)
+            client.put(key, member.model_dump_json(), lease=lease)
+            return int(lease.id)
+
+        return self.etcd.call(put)
+
+    def members(self) -> tuple[list[Member], list[InvalidEntry]]:
+        """The live members (those whose lease has not expired), sorted by node id.
+
+        Raises:
+            ServiceUnavailable: etcd did not answer.
+        """
+        entries, invalid, _ = read_prefix(self.etcd, self.members_prefix, Member)
+        return [member for _, member in entries], invalid
+
+
+def connect(settings: Settings) -> Registry:
+    """The registry at the endpoints and prefix of `settings` (no network call is made yet)."""
+    return Registry(Etcd(settings.etcd_endpoints, settings.etcd_timeout_s), settings.etcd_prefix)

@@ -1,0 +1,150 @@
+"""Node configuration: the one place that reads `MAO_*` variables and the optional config file.
+
+Precedence: arguments > environment (`MAO_*`) > config file named by `MAO_CONFIG` > defaults.
+The config file is either TOML (`mao.toml`: keys named like the fields below, e.g. `importdir`,
+`etcd_endpoints = ["127.0.0.1:2379"]`) or the original MAO's `config.ini` shape:
+`[WORKING_ENVIRONMENT] importdir`, `[ETCD] host`, `port` (and, ours, `endpoints`).
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from mao_celery.exceptions import InvalidInput
+from mao_celery.models import describe_validation_error
+
+DEFAULT_IMPORTDIR = Path.home() / ".local" / "share" / "mao" / "importdir"
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """Read `path` (TOML, or INI in the original MAO's shape) into field values.
+
+    Raises:
+        InvalidInput: the file is missing or cannot be parsed.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InvalidInput(f"config file {path} cannot be read: {e.strerror}") from e
+    if path.suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidInput(f"config file {path} is not valid TOML: {e}") from e
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as e:
+        raise InvalidInput(f"config file {path} is not valid INI: {e}") from e
+    values: dict[str, Any] = {}
+    if parser.has_option("WORKING_ENVIRONMENT", "importdir"):
+        values["importdir"] = parser.get("WORKING_ENVIRONMENT", "importdir")
+    if parser.has_option("ETCD", "endpoints"):
+        values["etcd_endpoints"] = parser.get("ETCD", "endpoints")
+    elif parser.has_option("ETCD", "host"):
+        port = parser.get("ETCD", "port", fallback="2379")
+        values["etcd_endpoints"] = f"{parser.get('ETCD', 'host')}:{port}"
+    return values
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from the file named by `MAO_CONFIG` (or the `config` argument)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str | None) -> None:
+        super().__init__(settings_cls)
+        self._path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _read_config_file(Path(self._path)) if self._path else {}
+
+
+class Settings(BaseSettings):
+    """Everything a node is configured with. Times are in seconds, sizes in bytes."""
+
+    model_config = SettingsConfigDict(env_prefix="MAO_", extra="ignore", frozen=True)
+
+    config: Path | None = None
+    etcd_endpoints: Annotated[list[str], NoDecode] = ["127.0.0.1:2379"]
+    etcd_prefix: str = "/mao/"
+    etcd_timeout_s: float = Field(default=5.0, gt=0)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    importdir: Path = DEFAULT_IMPORTDIR
+    node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
+    spike_window: int = Field(default=2, ge=1, le=1000)
+    spike_threshold_pct: float = Field(default=20.0, gt=0)
+    run_timeout_s: float = Field(default=3600.0, gt=0)
+    run_memory_bytes: int = Field(default=1 << 30, ge=16 << 20)
+    tool_network: str | None = None
+    run_history: int = Field(default=50, ge=1)
+    notification_retention_s: int = Field(default=30 * 24 * 3600, ge=60)
+    broker_visibility_timeout_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("etcd_endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("etcd_endpoints")
+    @classmethod
+    def _check_endpoints(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one etcd endpoint (host:port) is needed")
+        for endpoint in value:
+            host, sep, port = endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+        return value
+
+    @field_validator("etcd_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value.startswith("/") or not value.endswith("/"):
+            raise ValueError(f"etcd prefix {value!r} must start and end with '/'")
+        return value
+
+    @property
+    def visibility_timeout_s(self) -> float:
+        """The broker's visibility timeout: longer than the longest container run (+10 min)."""
+        return self.broker_visibility_timeout_s or self.run_timeout_s + 600.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = init_settings().get("config") or os.environ.get("MAO_CONFIG")
+        return init_settings, env_settings, _ConfigFileSource(settings_cls, path)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the node's settings from arguments, environment and config file.
+
+    Raises:
+        InvalidInput: a value is invalid or the config file cannot be read; the message names it.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise InvalidInput(f"invalid setting {describe_validation_error(e)}") from e
