@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
 
@@ -212,6 +212,140 @@ def tool_remove(name: str) -> None:
     """Remove tool NAME from the registry (its local data directory is kept)."""
     registry().tools.remove(name)
     click.echo(f"tool {name} removed")
+
+
+@tool.command("run")
+@click.argument("name")
+@click.option("--no-wait", is_flag=True, help="Print the run id and return at once.")
+@json_option
+def tool_run(name: str, no_wait: bool, as_json: bool) -> None:
+    """Run tool NAME now on this node's workers and print its report.
+
+    Exits 0 when the run succeeded, 4 when it failed (the reason on stderr).
+    """
+    from mao_celery.runs import RunStore
+    from mao_celery.tasks import start_run
+
+    conf = settings()
+    runs = RunStore.from_url(conf.redis_url, conf.run_history)
+    report = start_run(name, conf=conf, registry=registry(), runs=runs)
+    if no_wait:
+        click.echo(report.run_id)
+        return
+    show_report(wait_for_run(runs, report.run_id), as_json)
+
+
+def wait_for_run(runs: Any, run_id: str) -> RunReport:
+    """Poll run `run_id` until it ends, showing its stage on stderr."""
+    from rich.console import Console
+
+    stages = {
+        "queued": "queued, waiting for a worker (is one running? see `worker.sh`)",
+        "preparing": "preparing the dataset (cloning on first use)",
+        "running": "running the container",
+        "detecting": "detecting spikes",
+        "publishing": "publishing the notification",
+    }
+    with Console(stderr=True).status(f"run {run_id}: queued") as shown:
+        report = runs.get(run_id)
+        while not report.status.terminal:
+            shown.update(f"run {run_id}: {stages.get(report.status, report.status)}")
+            report = runs.wait(run_id, lambda r, s=report.status: r.status != s, timeout_s=1.0)
+    return cast("RunReport", report)
+
+
+def show_report(report: RunReport, as_json: bool) -> None:
+    """Print a run report; exit 4 with the reason on stderr when the run failed."""
+    if as_json:
+        print_json(report)
+    else:
+        click.echo("\n".join(report_lines(report)))
+    if report.status != "succeeded":
+        fail(errors.RunFailed(f"run {report.run_id} {report.status}: {report.error}"))
+
+
+@tool.command("runs")
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+def tool_runs(name: str, limit: int, as_json: bool) -> None:
+    """List the recent runs of tool NAME on this node, newest first."""
+    from mao_celery.runs import RunStore
+
+    conf = settings()
+    reports = RunStore.from_url(conf.redis_url, conf.run_history).recent(name, limit)
+    if as_json:
+        print_json(reports)
+        return
+    print_table(
+        f"Runs of {name}",
+        ("run", "status", "queued", "finished", "exit", "spike", "gain %", "error"),
+        (
+            (
+                r.run_id,
+                r.status,
+                f"{r.queued_at:%Y-%m-%d %H:%M:%S}",
+                f"{r.finished_at:%H:%M:%S}" if r.finished_at else "",
+                r.exit_code,
+                ("yes" if r.spike.spike else "no") if r.spike else "",
+                f"{r.spike.gain_pct:+.1f}" if r.spike and r.spike.gain_pct is not None else "",
+                r.error,
+            )
+            for r in reports
+        ),
+    )
+
+
+@main.group(cls=MaoGroup)
+def run() -> None:
+    """Show runs of this node."""
+
+
+@run.command("show")
+@click.argument("run_id")
+@json_option
+def run_show(run_id: str, as_json: bool) -> None:
+    """Show the report of run RUN_ID (exit 4 if it failed)."""
+    from mao_celery.runs import RunStore
+
+    conf = settings()
+    report = RunStore.from_url(conf.redis_url, conf.run_history).get(run_id)
+    if not report.status.terminal:
+        click.echo(f"run {run_id} is {report.status}", err=True)
+    show_report(report, as_json)
+
+
+@main.group(cls=MaoGroup)
+def notifications() -> None:
+    """Spike notifications of the federation."""
+
+
+@notifications.command("list")
+@click.option("--tool", "tool_name", help="Only the notifications of this tool.")
+@json_option
+def notifications_list(tool_name: str | None, as_json: bool) -> None:
+    """List spike notifications, oldest first."""
+    found, invalid, _ = registry().notifications(tool=tool_name)
+    warn_invalid(invalid)
+    if as_json:
+        print_json([{"key": key} | n.model_dump(mode="json") for key, n in found])
+        return
+    print_table(
+        "Notifications",
+        ("detected", "tool", "node", "value", "baseline", "gain %", "run"),
+        (
+            (
+                f"{n.detected_at:%Y-%m-%d %H:%M:%S}",
+                n.tool,
+                n.node,
+                n.control_value,
+                n.baseline,
+                "undefined" if n.gain_pct is None else f"{n.gain_pct:+.1f}",
+                n.run_id,
+            )
+            for _, n in found
+        ),
+    )
 
 
 # ---- datasets --------------------------------------------------------------------------------

@@ -231,7 +231,8 @@ TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.
 class RunReport(BaseModel):
     """One run's state, handed from task to task along the chain; its final form is the report.
 
-    Times are UTC. `timeout_s` is the container's wall-clock limit in seconds.
+    Times are UTC. `timeout_s` is the container's wall-clock limit in seconds; the spike settings
+    are the tool's, or the node's defaults, as they were when the run was prepared.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -246,7 +247,10 @@ class RunReport(BaseModel):
     image: str = ""
     data_dir: str = ""
     timeout_s: float = 3600.0
+    spike_window: int = 2
+    spike_threshold_pct: float = 20.0
     control_files_before: list[str] = []
+    steps_done: list[str] = []
     container_name: str = ""
     exit_code: int | None = None
     log_tail: str = ""

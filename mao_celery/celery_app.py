@@ -1,0 +1,48 @@
+"""The node's Celery application: Redis as broker and result store, JSON only, and the delivery
+settings that keep a run from being lost or doubled (design.md §4).
+
+- `task_acks_late` + `task_reject_on_worker_lost`: a task whose worker dies is delivered again
+  (every step of a run is idempotent on its run id, so running one twice is safe).
+- `worker_prefetch_multiplier=1`: a worker reserves no more tasks than it runs.
+- The broker's `visibility_timeout` exceeds the longest allowed container run, so Redis does not
+  hand a running task to a second worker while the first still works on it.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from mao_celery.settings import Settings, load_settings
+
+TASK_MODULES = ["mao_celery.tasks"]
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app configured from `settings` (its tasks are registered when tasks.py imports)."""
+    app = Celery("mao", broker=settings.redis_url, backend=settings.redis_url, include=TASK_MODULES)
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        result_expires=7 * 24 * 3600,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        timezone="UTC",
+        enable_utc=True,
+        redbeat_redis_url=settings.redis_url,
+        beat_scheduler="redbeat.RedBeatScheduler",
+    )
+    return app
+
+
+settings = load_settings()
+app = create_app(settings)

@@ -1,0 +1,303 @@
+"""The Celery tasks of a tool run, and the chain that makes one (design.md §4).
+
+A run is `prepare_dataset | run_container | detect_spike | publish_notification`. Each task
+takes the run's report (a `RunReport` dumped to JSON), does its part and returns it. A step that
+fails marks the report failed; the steps after it pass a failed report on untouched, so the chain
+always ends, the report always says why, and the tool's lock is always released.
+
+Every step is idempotent on the run id: a task delivered again (its worker died, or the broker's
+visibility timeout passed) finds its work recorded in the run's stored report and returns that,
+and the container step adopts the run's container instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import docker
+from celery import Task, chain
+from celery.canvas import Signature
+
+from mao_celery import containers, datasets, spike
+from mao_celery.celery_app import app, settings
+from mao_celery.exceptions import MaoError, ServiceUnavailable
+from mao_celery.models import TERMINAL_STATUSES, Notification, RunReport, RunStatus, utcnow
+from mao_celery.registry import Registry, connect
+from mao_celery.runs import RunStore
+from mao_celery.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STEP_RETRIES = 5
+"""Retries of a step whose service (etcd, Docker, Redis) did not answer, 2, 4, 8, ... s apart."""
+
+ADOPTION_WAIT_S = 60.0
+"""How long a twin task waits for the outcome recorded by the task whose container it adopted."""
+
+
+@dataclass
+class Node:
+    """This worker process's clients, built on first use (after the pool has forked)."""
+
+    settings: Settings
+
+    @cached_property
+    def registry(self) -> Registry:
+        return connect(self.settings)
+
+    @cached_property
+    def runs(self) -> RunStore:
+        return RunStore.from_url(self.settings.redis_url, self.settings.run_history)
+
+    @cached_property
+    def docker(self) -> docker.DockerClient:
+        try:
+            return docker.from_env(timeout=60)
+        except docker.errors.DockerException as e:
+            raise ServiceUnavailable("Docker", "the local daemon", str(e).splitlines()[0]) from e
+
+
+@functools.cache
+def node() -> Node:
+    """The clients of this process (one set per worker process)."""
+    return Node(settings)
+
+
+# ---- starting a run --------------------------------------------------------------------------
+
+
+def lock_ttl_s(conf: Settings) -> float:
+    """How long a tool's lock may outlive a dead worker: a redelivery after the broker's
+    visibility timeout, then a whole container run, plus 5 minutes."""
+    return conf.visibility_timeout_s + conf.run_timeout_s + 300.0
+
+
+def start_run(tool: str, *, conf: Settings, registry: Registry, runs: RunStore) -> RunReport:
+    """Queue a run of `tool`: record it, take the tool's lock, send the chain to the workers.
+
+    Raises:
+        NotFound: the tool is not registered.
+        AlreadyRunning: a run of the tool is under way on this node.
+        ServiceUnavailable: etcd or Redis did not answer.
+    """
+    registry.tools.get(tool)
+    report = RunReport(
+        run_id=uuid.uuid4().hex, tool=tool, node=conf.node_id, timeout_s=conf.run_timeout_s
+    )
+    runs.begin(report, lock_ttl_s(conf))
+    run_chain(report).apply_async()
+    return report
+
+
+def run_chain(report: RunReport) -> Signature:
+    """The chain of tasks that performs the run `report` (queued)."""
+    state = report.model_dump(mode="json")
+    return chain(
+        prepare_dataset.s(state), run_container.s(), detect_spike.s(), publish_notification.s()
+    )
+
+
+# ---- the steps -------------------------------------------------------------------------------
+
+Work = Callable[[Node, RunReport], RunReport]
+
+
+def fail(report: RunReport, reason: str) -> RunReport:
+    """`report` marked failed for `reason` (one line)."""
+    return report.model_copy(
+        update={"status": RunStatus.FAILED, "error": reason, "finished_at": utcnow()}
+    )
+
+
+def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> dict[str, Any]:
+    """Run one step of a run: skip it when the run has failed or the step is already done,
+    record the new status, do `work`, record the result.
+
+    A service that does not answer is retried (Celery retry, exponential back-off) up to
+    `STEP_RETRIES` times, then fails the run; any other error fails the run at once.
+    """
+    report = RunReport.model_validate(state)
+    if report.status in TERMINAL_STATUSES:
+        return state
+    ctx = node()
+    stored = ctx.runs.get(report.run_id)
+    if task.name in stored.steps_done or stored.status in TERMINAL_STATUSES:
+        return stored.model_dump(mode="json")
+    report.status = status
+    ctx.runs.save(report)
+    try:
+        report = work(ctx, report)
+    except ServiceUnavailable as e:
+        if task.request.retries < STEP_RETRIES:
+            raise task.retry(exc=e, countdown=2 ** (task.request.retries + 1)) from e
+        report = fail(report, str(e))
+    except MaoError as e:
+        report = fail(report, str(e))
+    except Exception as e:
+        log.exception("run %s: step %s crashed", report.run_id, task.name)
+        report = fail(report, f"internal error in {task.name}: {type(e).__name__}: {e}")
+    if task.name not in report.steps_done:
+        report.steps_done.append(task.name)
+    ctx.runs.save(report)
+    return report.model_dump(mode="json")
+
+
+def prepare(ctx: Node, report: RunReport) -> RunReport:
+    """Read the tool from the registry and clone its data repository on first use."""
+    tool = ctx.registry.tools.get(report.tool)
+    conf = ctx.settings
+    data_dir = conf.importdir / tool.name
+    datasets.ensure_clone(tool.data_repo, data_dir)
+    return report.model_copy(
+        update={
+            "started_at": utcnow(),
+            "image": tool.image,
+            "data_dir": str(data_dir),
+            "spike_window": tool.spike_window or conf.spike_window,
+            "spike_threshold_pct": tool.spike_threshold_pct or conf.spike_threshold_pct,
+            "control_files_before": spike.list_control_names(data_dir),
+        }
+    )
+
+
+def run(ctx: Node, report: RunReport) -> RunReport:
+    """Run the tool's container on the data directory (or adopt the run's container)."""
+    spec = containers.ContainerSpec(
+        run_id=report.run_id,
+        tool=report.tool,
+        image=report.image,
+        data_dir=Path(report.data_dir),
+        timeout_s=report.timeout_s,
+        memory_bytes=ctx.settings.run_memory_bytes,
+        network_mode=ctx.settings.tool_network,
+    )
+    try:
+        outcome = containers.run_container(ctx.docker, spec)
+    except containers.ContainerGone:
+        return adopted_outcome(ctx, report)
+    report = report.model_copy(
+        update={
+            "container_name": outcome.container_name,
+            "exit_code": outcome.exit_code,
+            "log_tail": outcome.log_tail,
+        }
+    )
+    if outcome.timed_out:
+        return fail(report, f"timeout: the tool ran longer than {report.timeout_s:g} s, killed")
+    if outcome.exit_code != 0:
+        return fail(report, f"the tool exited with code {outcome.exit_code}")
+    return report
+
+
+def adopted_outcome(ctx: Node, report: RunReport) -> RunReport:
+    """The report recorded by the twin task that finished and removed this run's container."""
+    done = ctx.runs.wait(
+        report.run_id,
+        lambda r: run_container.name in r.steps_done or r.status in TERMINAL_STATUSES,
+        ADOPTION_WAIT_S,
+    )
+    if run_container.name not in done.steps_done and done.status not in TERMINAL_STATUSES:
+        return fail(report, "the run's container vanished before its outcome was recorded")
+    return done
+
+
+def detect(ctx: Node, report: RunReport) -> RunReport:
+    """Read the control files and apply the spike rule."""
+    result = spike.detect_spike(
+        Path(report.data_dir),
+        window=report.spike_window,
+        threshold_pct=report.spike_threshold_pct,
+        seen_before=report.control_files_before,
+    )
+    return report.model_copy(update={"spike": result})
+
+
+def publish(ctx: Node, report: RunReport) -> RunReport:
+    """On a spike, publish the run's notification to etcd (once per run); end the run."""
+    result = report.spike
+    key = None
+    if result is not None and result.spike and result.latest is not None:
+        notification = Notification(
+            tool=report.tool,
+            node=report.node,
+            run_id=report.run_id,
+            control_value=result.latest,
+            baseline=result.baseline,
+            gain_pct=result.gain_pct,
+            threshold_pct=result.threshold_pct,
+            detected_at=utcnow(),
+        )
+        key, _ = ctx.registry.publish_notification(
+            notification,
+            report.started_at or report.queued_at,
+            ctx.settings.notification_retention_s,
+        )
+    return report.model_copy(
+        update={"notification_key": key, "status": RunStatus.SUCCEEDED, "finished_at": utcnow()}
+    )
+
+
+@app.task(bind=True, name="mao.prepare_dataset")
+def prepare_dataset(self: Task, state: dict[str, Any]) -> dict[str, Any]:
+    """Step 1: the tool's data directory, cloned on first use."""
+    return step(self, state, RunStatus.PREPARING, prepare)
+
+
+@app.task(bind=True, name="mao.run_container")
+def run_container(self: Task, state: dict[str, Any]) -> dict[str, Any]:
+    """Step 2: the tool's container, run to its end or its timeout."""
+    return step(self, state, RunStatus.RUNNING, run)
+
+
+@app.task(bind=True, name="mao.detect_spike")
+def detect_spike(self: Task, state: dict[str, Any]) -> dict[str, Any]:
+    """Step 3: spike detection on the control files."""
+    return step(self, state, RunStatus.DETECTING, detect)
+
+
+@app.task(bind=True, name="mao.publish_notification")
+def publish_notification(self: Task, state: dict[str, Any]) -> dict[str, Any]:
+    """Step 4: the notification of a spike; the run ends."""
+    return step(self, state, RunStatus.PUBLISHING, publish)
+
+
+# ---- notifications ---------------------------------------------------------------------------
+
+CURSOR_KEY = "notifications:cursor"
+
+
+def log_new_notifications(registry: Registry, runs: RunStore) -> list[str]:
+    """Log the notifications published since the last call and advance the cursor (the etcd
+    revision last read, kept in this node's Redis). Returns the keys logged."""
+    cursor = int(runs.get_value(CURSOR_KEY) or 0)
+    found, invalid, revision = registry.notifications(after_revision=cursor)
+    for key, n in found:
+        gain = "undefined" if n.gain_pct is None else f"{n.gain_pct:+.1f}%"
+        log.warning(
+            "spike: tool %s on node %s: control value %s, baseline %s, gain %s (run %s, %s)",
+            n.tool,
+            n.node,
+            n.control_value,
+            n.baseline,
+            gain,
+            n.run_id,
+            key,
+        )
+    for entry in invalid:
+        log.error("skipped %s", entry.reason)
+    runs.set_value(CURSOR_KEY, str(revision))
+    return [key for key, _ in found]
+
+
+@app.task(name="mao.listen_notifications")
+def listen_notifications() -> list[str]:
+    """Periodic: log the federation's new spike notifications (see `log_new_notifications`)."""
+    ctx = node()
+    return log_new_notifications(ctx.registry, ctx.runs)
