@@ -20,7 +20,13 @@ TASK_MODULES = ["mao_celery.tasks"]
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured from `settings` (its tasks are registered when tasks.py imports)."""
     app = Celery("mao", broker=settings.redis_url, backend=settings.redis_url, include=TASK_MODULES)
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        # kombu scans for unacked messages past their visibility timeout every
+        # interval x throttle seconds (default 10 x 10); make it a fifth of the timeout.
+        "unacked_restore_interval": max(1, min(60, int(settings.visibility_timeout_s / 5))),
+        "unacked_restore_throttle": 1,
+    }
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -26,7 +26,7 @@ _SEPARATOR = r"(?:[._]|__|-+)"
 _PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?)"
-_TAG = r"[\w][\w.-]{0,127}"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 IMAGE_RE = re.compile(
     rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::{_TAG})?(?:@{_DIGEST})?"
@@ -88,7 +88,10 @@ def validate_git_url(value: str) -> str:
         return value
     if _SCP_LIKE_RE.fullmatch(value) and "://" not in value:
         return value
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as e:
+        raise ValueError(f"invalid git URL {value!r}: {e}") from e
     if parts.scheme not in GIT_URL_SCHEMES:
         raise ValueError(
             f"invalid git URL {value!r}: use https://, http://, ssh://, git://, file://, "

@@ -42,7 +42,9 @@ def _parse(model: type[M], key: str, raw: bytes) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as e:
-        raise InvalidInput(f"registry entry {key} is invalid ({describe_validation_error(e)})") from e
+        raise InvalidInput(
+            f"registry entry {key} is invalid ({describe_validation_error(e)})"
+        ) from e
 
 
 class Etcd:

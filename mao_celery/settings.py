@@ -109,7 +109,7 @@ class Settings(BaseSettings):
             raise ValueError("at least one etcd endpoint (host:port) is needed")
         for endpoint in value:
             host, sep, port = endpoint.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
                 raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
         return value
 

@@ -1,0 +1,380 @@
+"""Run a tool's image as one container per run (design.md §4, "run").
+
+The container of a run is named after the run id (`mao-run-<run_id>`), so a task redelivered after
+its worker died adopts the container its first delivery started instead of starting a second one.
+Docker's create-by-name is the only exclusive step: whoever creates the container starts it; any
+other task of the same run waits for it, reads its exit code and logs, and removes it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import requests
+from docker.errors import APIError, ImageNotFound
+from docker.models.containers import Container
+
+from mao_celery.exceptions import InvalidInput, MaoError, NotFound, RunFailed, ServiceUnavailable
+
+DATA_MOUNT = "/usr/src/app/data"
+LABEL_RUN_ID = "mao.run_id"
+LABEL_TOOL = "mao.tool"
+
+# Docker's container name grammar (daemon/names.go), less the prefix we add.
+_RUN_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+# How long a task that adopts a container still in "created" state gives its creator to start it
+# (the creator starts it milliseconds after creating it) before starting it itself, in seconds.
+_START_GRACE_S = 2.0
+_POLL_S = 0.1
+_RUNNING_STATES = frozenset({"running", "paused", "restarting"})
+
+
+class ContainerGone(MaoError):
+    """Another task of the same run removed the run's container before this one had read it.
+
+    The other task holds the outcome; the caller falls back to what it recorded.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"container of run {run_id} was removed by another task of the same run; "
+            "use the outcome that task recorded"
+        )
+        self.run_id = run_id
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What to run for one run of a tool.
+
+    Attributes:
+        run_id: the run's id; names the container (`mao-run-<run_id>`) and labels it.
+        tool: the tool's name, put in the `mao.tool` label.
+        image: image reference; must be present locally or pullable.
+        data_dir: existing host directory (`importdir/<tool>`) bound read-write to
+            `/usr/src/app/data`.
+        timeout_s: seconds from the container's start after which it is killed; default 1 h.
+        memory_bytes: memory limit in bytes; default 1 GiB.
+        nano_cpus: CPU limit in billionths of a CPU (1e9 = one CPU); None = no limit.
+        network_mode: Docker network mode; None = Docker's default (bridge).
+        command: command overriding the image's; None = the image's own.
+        environment: extra environment variables.
+        log_tail_lines: number of last log lines (stdout and stderr) kept; default 50.
+
+    Raises:
+        InvalidInput: a limit is not positive or `log_tail_lines` is negative.
+    """
+
+    run_id: str
+    tool: str
+    image: str
+    data_dir: Path
+    timeout_s: float = 3600.0
+    memory_bytes: int = 1 << 30
+    nano_cpus: int | None = None
+    network_mode: str | None = None
+    command: list[str] | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    log_tail_lines: int = 50
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0 or self.memory_bytes <= 0 or self.log_tail_lines < 0:
+            raise InvalidInput(
+                f"invalid container limits for run {self.run_id}: timeout_s and memory_bytes "
+                "must be positive, log_tail_lines not negative"
+            )
+        if self.nano_cpus is not None and self.nano_cpus <= 0:
+            raise InvalidInput(f"invalid nano_cpus {self.nano_cpus} for run {self.run_id}")
+
+
+@dataclass(frozen=True)
+class ContainerOutcome:
+    """How a run's container ended.
+
+    Attributes:
+        exit_code: the container's exit code; None when it was killed on timeout.
+        timed_out: the container ran for `timeout_s` or longer and was killed.
+        log_tail: its last `log_tail_lines` log lines, stdout and stderr interleaved.
+        adopted: True when a container this run had already created was adopted.
+        container_name: `mao-run-<run_id>`.
+    """
+
+    exit_code: int | None
+    timed_out: bool
+    log_tail: str
+    adopted: bool
+    container_name: str
+
+
+def container_name(run_id: str) -> str:
+    """The name of a run's container: `mao-run-<run_id>`.
+
+    Raises:
+        InvalidInput: the run id cannot be part of a container name (1-128 of `a-zA-Z0-9_.-`,
+            starting with a letter or digit).
+    """
+    if not _RUN_ID_RE.fullmatch(run_id):
+        raise InvalidInput(f"invalid run id {run_id!r}: use 1-128 of a-zA-Z0-9_.-")
+    return f"mao-run-{run_id}"
+
+
+def ensure_image(client: docker.DockerClient, image: str) -> None:
+    """Make sure `image` is present locally, pulling it once if it is not.
+
+    Raises:
+        RunFailed: not present and the pull failed; the message names the image.
+        ServiceUnavailable: the Docker daemon did not answer.
+    """
+    with _docker_errors(client):
+        try:
+            client.images.get(image)
+            return
+        except ImageNotFound:
+            pass
+        try:
+            client.images.pull(image)
+        except APIError as e:
+            raise RunFailed(
+                f"image {image} not found locally and pull failed ({_explain(e)}); "
+                "build or load it on this node"
+            ) from e
+
+
+def run_container(client: docker.DockerClient, spec: ContainerSpec) -> ContainerOutcome:
+    """Run the run's container to its end, or adopt and finish the one this run already has.
+
+    Starts the container (image's user, detached, no stdin, no tty, `no-new-privileges`, the
+    memory/CPU limits of `spec`, `spec.data_dir` bound to `/usr/src/app/data`), waits for it at most
+    `spec.timeout_s` seconds counted from its start, kills it on expiry, reads its exit code and
+    log tail, and removes it. An existing container of the same run (redelivered task, or a twin
+    that created it a moment ago) is adopted instead: waited for with what is left of its timeout,
+    or just read when it has exited.
+
+    Raises:
+        NotFound: `spec.data_dir` does not exist.
+        RunFailed: the image is missing and cannot be pulled, or the container cannot be created
+            or started (e.g. its command does not exist in the image).
+        ContainerGone: another task of the same run removed the container first.
+        ServiceUnavailable: the Docker daemon did not answer.
+    """
+    if not spec.data_dir.is_dir():
+        raise NotFound(f"data directory {spec.data_dir} does not exist; prepare the dataset first")
+    with _docker_errors(client):
+        try:
+            container, adopted = _create_or_adopt(client, spec)
+            return _finish(container, spec, adopted)
+        except docker.errors.NotFound as e:
+            raise ContainerGone(spec.run_id) from e
+
+
+def stop_run_containers(
+    client: docker.DockerClient,
+    *,
+    run_ids: Collection[str] | None = None,
+    timeout_s: float = 10,
+) -> list[str]:
+    """Stop, then remove, the running containers of MAO runs (those labelled `mao.run_id`).
+
+    Each gets SIGTERM, then SIGKILL after `timeout_s` seconds (rounded up; default 10). Meant for a
+    warm shutdown of a worker. `run_ids` limits it to those runs; None stops every run's container.
+
+    Returns:
+        The run ids whose containers this call stopped.
+
+    Raises:
+        ServiceUnavailable: the Docker daemon did not answer.
+    """
+    stopped: list[str] = []
+    with _docker_errors(client):
+        for container in client.containers.list(
+            filters={"label": LABEL_RUN_ID}, ignore_removed=True
+        ):
+            run_id = container.labels[LABEL_RUN_ID]
+            if run_ids is not None and run_id not in run_ids:
+                continue
+            try:
+                container.stop(timeout=math.ceil(timeout_s))
+            except docker.errors.NotFound:
+                continue
+            _remove(container)
+            stopped.append(run_id)
+    return stopped
+
+
+def remaining_s(timeout_s: float, started_at: datetime, now: datetime) -> float:
+    """Seconds left of a `timeout_s` budget that began at `started_at`, in [0, timeout_s].
+
+    A start in the future (clock skew) counts as a start now.
+    """
+    return min(timeout_s, max(0.0, timeout_s - (now - started_at).total_seconds()))
+
+
+def ran_out_of_time(state: dict[str, Any], timeout_s: float) -> bool:
+    """Whether an ended container ran `timeout_s` seconds or longer, from its Docker `State`.
+
+    This is how a task that did not kill a container itself tells a kill on timeout (by another
+    task of the run) from an ordinary exit.
+    """
+    started_at = _parse_docker_time(state["StartedAt"])
+    finished_at = _parse_docker_time(state["FinishedAt"])
+    return (finished_at - started_at).total_seconds() >= timeout_s
+
+
+def _parse_docker_time(value: str) -> datetime:
+    """Docker's RFC 3339 times with nanoseconds, e.g. `2024-05-07T10:11:12.123456789Z`."""
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _create_or_adopt(client: docker.DockerClient, spec: ContainerSpec) -> tuple[Container, bool]:
+    """The run's container, started; and whether it already existed (adopted)."""
+    name = container_name(spec.run_id)
+    try:
+        container = client.containers.get(name)
+    except docker.errors.NotFound:
+        ensure_image(client, spec.image)
+        try:
+            container = client.containers.create(**_create_options(spec, name))
+        except APIError as e:
+            if e.status_code != requests.codes.conflict:
+                raise RunFailed(f"container {name} could not be created: {_explain(e)}") from e
+            container = client.containers.get(name)
+        else:
+            _start(container)
+            return container, False
+    if container.status == "created" and _still_created_after_grace(container):
+        _start(container)
+    return container, True
+
+
+def _create_options(spec: ContainerSpec, name: str) -> dict[str, Any]:
+    return {
+        "image": spec.image,
+        "command": spec.command,
+        "name": name,
+        "labels": {LABEL_RUN_ID: spec.run_id, LABEL_TOOL: spec.tool},
+        "environment": spec.environment,
+        "volumes": {str(spec.data_dir.resolve()): {"bind": DATA_MOUNT, "mode": "rw"}},
+        "mem_limit": spec.memory_bytes,
+        "nano_cpus": spec.nano_cpus,
+        "network_mode": spec.network_mode,
+        "security_opt": ["no-new-privileges"],
+        "detach": True,
+        "stdin_open": False,
+        "tty": False,
+    }
+
+
+def _still_created_after_grace(container: Container) -> bool:
+    """Wait up to `_START_GRACE_S` for the creator of `container` to start it."""
+    deadline = time.monotonic() + _START_GRACE_S
+    while time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+        container.reload()
+        if container.status != "created":
+            return False
+    return True
+
+
+def _start(container: Container) -> None:
+    """Start `container`; if Docker refuses (e.g. no such command in the image), remove it."""
+    try:
+        container.start()
+    except docker.errors.NotFound:
+        raise
+    except APIError as e:
+        _remove(container)
+        raise RunFailed(f"container {container.name} could not start: {_explain(e)}") from e
+    container.reload()
+
+
+def _finish(container: Container, spec: ContainerSpec, adopted: bool) -> ContainerOutcome:
+    """Wait for a started container within its timeout, then read and remove it."""
+    killed = False
+    if container.status in _RUNNING_STATES:
+        started_at = _parse_docker_time(container.attrs["State"]["StartedAt"])
+        left_s = remaining_s(spec.timeout_s, started_at, datetime.now(UTC))
+        if not _wait(container, left_s):
+            killed = _kill(container)
+        container.reload()
+    state = container.attrs["State"]
+    timed_out = killed or ran_out_of_time(state, spec.timeout_s)
+    log_tail = _read_log_tail(container, spec)
+    _remove(container)
+    return ContainerOutcome(
+        exit_code=None if timed_out else int(state["ExitCode"]),
+        timed_out=timed_out,
+        log_tail=log_tail,
+        adopted=adopted,
+        container_name=container.name,
+    )
+
+
+def _read_log_tail(container: Container, spec: ContainerSpec) -> str:
+    """The last `spec.log_tail_lines` lines of stdout and stderr.
+
+    Raises:
+        ContainerGone: Docker refuses the logs of a container being removed (or dead).
+    """
+    try:
+        tail = container.logs(stdout=True, stderr=True, tail=spec.log_tail_lines)
+    except APIError as e:
+        if e.status_code == requests.codes.conflict:
+            raise ContainerGone(spec.run_id) from e
+        raise
+    return bytes(tail).decode("utf-8", errors="replace")
+
+
+def _wait(container: Container, timeout_s: float) -> bool:
+    """Wait for the container to stop running; False when `timeout_s` seconds passed first."""
+    if timeout_s <= 0:
+        return False
+    try:
+        container.wait(timeout=timeout_s)
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        return False
+    return True
+
+
+def _kill(container: Container) -> bool:
+    """SIGKILL the container; False when it had already stopped."""
+    try:
+        container.kill()
+    except APIError as e:
+        if e.status_code == requests.codes.conflict:
+            return False
+        raise
+    return True
+
+
+def _remove(container: Container) -> None:
+    """Remove the container and its anonymous volumes; already removed or being removed is fine."""
+    try:
+        container.remove(force=True, v=True)
+    except docker.errors.NotFound:
+        return
+    except APIError as e:
+        if e.status_code == requests.codes.conflict and "already in progress" in _explain(e):
+            return
+        raise
+
+
+def _explain(error: APIError) -> str:
+    return str(error.explanation or error)
+
+
+@contextmanager
+def _docker_errors(client: docker.DockerClient) -> Iterator[None]:
+    """Turn "the daemon did not answer" into ServiceUnavailable naming the daemon's address."""
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+        raise ServiceUnavailable("Docker", client.api.base_url, " ".join(str(e).split())) from e

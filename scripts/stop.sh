@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Stops what scripts/setup.sh started, and only that: the processes named by its pid files in
+# var/run/. A service that was already running before setup.sh has no pid file and is left alone.
+# Each process gets SIGTERM and up to 60 s to exit (dockerd stops its containers first), then SIGKILL.
+# Idempotent.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+RUN=$PWD/var/run
+STOP_TIMEOUT_S=60
+
+say() { printf '[stop] %s\n' "$*"; }
+
+# alive PID: the process exists and is not a zombie waiting for its parent.
+alive() {
+  local state
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+# stop_service NAME COMMAND: stops the pid in var/run/NAME.pid if that process is still COMMAND.
+stop_service() {
+  local name=$1 command=$2 pidfile=$RUN/$1.pid pid deadline
+  if [[ ! -f $pidfile ]]; then
+    say "$name: not started by setup.sh"
+    return
+  fi
+  pid=$(<"$pidfile")
+  if [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" && [[ $(<"/proc/$pid/comm") == "$command" ]]; then
+    say "$name: stopping pid $pid"
+    kill -TERM "$pid"
+    deadline=$((SECONDS + STOP_TIMEOUT_S))
+    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+    if alive "$pid"; then
+      say "$name: still running after $STOP_TIMEOUT_S s, sending SIGKILL"
+      kill -KILL "$pid"
+    fi
+  else
+    say "$name: pid file var/run/$name.pid is stale"
+  fi
+  rm -f "$pidfile"
+}
+
+stop_service etcd etcd
+stop_service redis redis-server
+stop_service dockerd dockerd

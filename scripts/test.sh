@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's test command: sets the node up (scripts/setup.sh), then lint, format check, type check
+# and pytest. Arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -x`. Exits non-zero on any
+# failure, including pytest collecting no test (its exit code 5).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup.sh
+PATH=$PWD/.venv/bin:$PATH
+
+echo "[test] ruff check"
+ruff check .
+echo "[test] ruff format --check"
+ruff format --check .
+
+typed=()
+for target in mao_celery cli.py beat_schedule.py; do
+  [[ -e $target ]] && typed+=("$target")
+done
+if ((${#typed[@]})); then
+  echo "[test] mypy ${typed[*]}"
+  mypy "${typed[@]}"
+fi
+
+echo "[test] pytest"
+status=0
+pytest -p no:cacheprovider "$@" || status=$?
+if ((status == 5)); then
+  echo "[test] ERROR: pytest collected no test" >&2
+fi
+exit "$status"

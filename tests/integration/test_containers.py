@@ -1,0 +1,466 @@
+"""containers.py against the real Docker daemon, with the FROM-scratch busybox image.
+
+Every container runs with network_mode="none" and a run id of its own; teardown removes whatever
+carries the test's run ids. Pure helpers (remaining time, timeout classification, validation)
+are tested at the end without Docker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from docker.models.containers import Container
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mao_celery.containers import (
+    DATA_MOUNT,
+    LABEL_RUN_ID,
+    LABEL_TOOL,
+    ContainerGone,
+    ContainerOutcome,
+    ContainerSpec,
+    container_name,
+    ensure_image,
+    ran_out_of_time,
+    remaining_s,
+    run_container,
+    stop_run_containers,
+)
+from mao_celery.exceptions import InvalidInput, NotFound, RunFailed, ServiceUnavailable
+
+pytestmark = pytest.mark.integration
+
+# For specs whose image is never looked at.
+ANY_IMAGE = "mao-busybox:latest"
+TOOL = "demo"
+# A registry on a closed loopback port: the one pull attempt fails at once and leaves the machine
+# for no address but loopback (127.0.0.0/8 is an insecure registry by default, so plain HTTP).
+MISSING_IMAGE = "127.0.0.1:9/mao-no-such-image:latest"
+WAIT_LIMIT_S = 15.0
+
+
+@pytest.fixture
+def new_run_id(docker_client: docker.DockerClient) -> Iterator[Callable[[], str]]:
+    """Make fresh run ids; on teardown remove every container labelled with one of them."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(uuid.uuid4().hex)
+        return made[-1]
+
+    yield make
+    for run_id in made:
+        for container in containers_of(docker_client, run_id):
+            container.remove(force=True)
+
+
+@pytest.fixture
+def run_id(new_run_id: Callable[[], str]) -> str:
+    return new_run_id()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "importdir" / TOOL
+    path.mkdir(parents=True)
+    return path
+
+
+def containers_of(client: docker.DockerClient, run_id: str) -> list[Container]:
+    """Every container, running or not, labelled with `run_id`."""
+    found: list[Container] = client.containers.list(
+        all=True, filters={"label": f"{LABEL_RUN_ID}={run_id}"}
+    )
+    return found
+
+
+def make_spec(run_id: str, data_dir: Path, image: str, script: str, **kwargs: Any) -> ContainerSpec:
+    """A spec running `sh -c script` without network."""
+    return ContainerSpec(
+        run_id=run_id,
+        tool=TOOL,
+        image=image,
+        data_dir=data_dir,
+        network_mode="none",
+        command=["sh", "-c", script],
+        **kwargs,
+    )
+
+
+def create_run_container(client: docker.DockerClient, spec: ContainerSpec) -> Container:
+    """Create (not start) a container named and labelled as `spec`'s run, as a lost task would."""
+    assert spec.command is not None
+    container: Container = client.containers.create(
+        spec.image,
+        spec.command,
+        name=container_name(spec.run_id),
+        labels={LABEL_RUN_ID: spec.run_id, LABEL_TOOL: spec.tool},
+        volumes={str(spec.data_dir): {"bind": DATA_MOUNT, "mode": "rw"}},
+        network_mode="none",
+    )
+    return container
+
+
+def run_in_own_client(spec: ContainerSpec) -> ContainerOutcome:
+    """run_container with a Docker client of its own, as a task in another worker process has."""
+    client = docker.from_env()
+    try:
+        return run_container(client, spec)
+    finally:
+        client.close()
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_LIMIT_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def is_running(client: docker.DockerClient, run_id: str) -> bool:
+    return any(c.status == "running" for c in containers_of(client, run_id))
+
+
+def outcome_or_gone(run: Callable[[], ContainerOutcome]) -> ContainerOutcome | ContainerGone:
+    try:
+        return run()
+    except ContainerGone as e:
+        return e
+
+
+def test_run_binds_data_dir_sets_labels_and_limits_then_removes_container(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    script = f"until [ -f {DATA_MOUNT}/go ]; do sleep 0.05; done; echo $GREETING > out.txt"
+    spec = make_spec(
+        run_id,
+        data_dir,
+        busybox_image,
+        f"cd {DATA_MOUNT}; {script}",
+        memory_bytes=64 << 20,
+        nano_cpus=500_000_000,
+        environment={"GREETING": "hello"},
+    )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(run_in_own_client, spec)
+        wait_until(lambda: is_running(docker_client, run_id), "the run's container to run")
+        (container,) = containers_of(docker_client, run_id)
+        attrs = container.attrs
+        (data_dir / "go").touch()
+        outcome = future.result(timeout=WAIT_LIMIT_S)
+
+    assert container.name == f"mao-run-{run_id}"
+    labels = attrs["Config"]["Labels"]
+    assert (labels[LABEL_RUN_ID], labels[LABEL_TOOL]) == (run_id, TOOL)
+    assert attrs["Config"]["User"] == ""
+    assert attrs["Config"]["Tty"] is False
+    assert attrs["Config"]["OpenStdin"] is False
+    host_config = attrs["HostConfig"]
+    assert host_config["Memory"] == 64 << 20
+    assert host_config["NanoCpus"] == 500_000_000
+    assert host_config["SecurityOpt"] == ["no-new-privileges"]
+    assert host_config["NetworkMode"] == "none"
+    assert host_config["Binds"] == [f"{data_dir}:{DATA_MOUNT}:rw"]
+    assert outcome == ContainerOutcome(
+        exit_code=0, timed_out=False, log_tail="", adopted=False, container_name=f"mao-run-{run_id}"
+    )
+    assert (data_dir / "out.txt").read_text() == "hello\n"
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_nonzero_exit_returns_exit_code_and_last_log_lines(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    script = (
+        'for i in $(seq 1 199); do echo "line $i"; done; sleep 0.2; echo "line 200" >&2; exit 3'
+    )
+    outcome = run_container(docker_client, make_spec(run_id, data_dir, busybox_image, script))
+
+    assert outcome.exit_code == 3
+    assert outcome.timed_out is False
+    assert outcome.log_tail.splitlines() == [f"line {i}" for i in range(151, 201)]
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_timeout_kills_container_and_removes_it(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    spec = make_spec(run_id, data_dir, busybox_image, "echo started; sleep 30", timeout_s=2)
+    began = time.monotonic()
+    outcome = run_container(docker_client, spec)
+
+    assert time.monotonic() - began < 10
+    assert outcome.timed_out is True
+    assert outcome.exit_code is None
+    assert outcome.log_tail == "started\n"
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_missing_image_fails_naming_it_and_leaves_nothing(
+    docker_client: docker.DockerClient, run_id: str, data_dir: Path
+) -> None:
+    spec = make_spec(run_id, data_dir, MISSING_IMAGE, "true")
+    with pytest.raises(RunFailed, match=f"image {MISSING_IMAGE} not found locally and pull failed"):
+        run_container(docker_client, spec)
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_present_image_needs_no_pull(
+    docker_client: docker.DockerClient, busybox_image: str
+) -> None:
+    ensure_image(docker_client, busybox_image)
+    assert docker_client.images.get(busybox_image).tags
+
+
+def test_command_missing_from_image_fails_and_leaves_nothing(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    spec = ContainerSpec(
+        run_id=run_id,
+        tool=TOOL,
+        image=busybox_image,
+        data_dir=data_dir,
+        network_mode="none",
+        command=["/no/such/tool"],
+    )
+    with pytest.raises(RunFailed, match=rf"container mao-run-{run_id} could not start: .*/no/such"):
+        run_container(docker_client, spec)
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_second_task_adopts_running_container_instead_of_starting_another(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    script = f"echo start >> {DATA_MOUNT}/starts.txt; sleep 3; echo done > {DATA_MOUNT}/marker"
+    spec = make_spec(run_id, data_dir, busybox_image, script)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(outcome_or_gone, lambda: run_in_own_client(spec))
+        wait_until(lambda: is_running(docker_client, run_id), "the first task's container to run")
+        second = outcome_or_gone(lambda: run_container(docker_client, spec))
+        results = [first.result(timeout=WAIT_LIMIT_S), second]
+
+    assert (data_dir / "starts.txt").read_text() == "start\n"
+    assert (data_dir / "marker").read_text() == "done\n"
+    outcomes = [r for r in results if isinstance(r, ContainerOutcome)]
+    assert outcomes, "at least the task that removed the container has its outcome"
+    assert all(o.exit_code == 0 and not o.timed_out for o in outcomes)
+    assert all(r.run_id == run_id for r in results if isinstance(r, ContainerGone))
+    if isinstance(results[0], ContainerOutcome):
+        assert results[0].adopted is False
+    if isinstance(results[1], ContainerOutcome):
+        assert results[1].adopted is True
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_concurrent_tasks_of_one_run_start_one_container(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    spec = make_spec(
+        run_id, data_dir, busybox_image, f"echo start >> {DATA_MOUNT}/starts.txt; sleep 1"
+    )
+    tasks = 4
+    barrier = threading.Barrier(tasks)
+
+    def task() -> ContainerOutcome | ContainerGone:
+        barrier.wait(timeout=WAIT_LIMIT_S)
+        return outcome_or_gone(lambda: run_in_own_client(spec))
+
+    with ThreadPoolExecutor(max_workers=tasks) as pool:
+        results = [
+            f.result(timeout=WAIT_LIMIT_S) for f in [pool.submit(task) for _ in range(tasks)]
+        ]
+
+    assert (data_dir / "starts.txt").read_text() == "start\n"
+    outcomes = [r for r in results if isinstance(r, ContainerOutcome)]
+    assert outcomes
+    assert all(o.exit_code == 0 for o in outcomes)
+    assert sum(not o.adopted for o in outcomes) <= 1
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_adopts_exited_container_reads_it_and_removes_it(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    lost = make_spec(run_id, data_dir, busybox_image, "echo from the lost task; exit 4")
+    container = create_run_container(docker_client, lost)
+    container.start()
+    container.wait(timeout=WAIT_LIMIT_S)
+
+    redelivered = make_spec(run_id, data_dir, busybox_image, "echo from a second container")
+    outcome = run_container(docker_client, redelivered)
+
+    assert outcome == ContainerOutcome(
+        exit_code=4,
+        timed_out=False,
+        log_tail="from the lost task\n",
+        adopted=True,
+        container_name=f"mao-run-{run_id}",
+    )
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_adopts_created_container_its_creator_never_started(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    spec = make_spec(run_id, data_dir, busybox_image, f"echo start >> {DATA_MOUNT}/starts.txt")
+    create_run_container(docker_client, spec)
+
+    outcome = run_container(docker_client, spec)
+
+    assert (outcome.exit_code, outcome.adopted) == (0, True)
+    assert (data_dir / "starts.txt").read_text() == "start\n"
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_adopted_running_container_keeps_the_deadline_of_its_start(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    spec = make_spec(run_id, data_dir, busybox_image, "sleep 30", timeout_s=3)
+    create_run_container(docker_client, spec).start()
+    time.sleep(2)
+
+    began = time.monotonic()
+    outcome = run_container(docker_client, spec)
+
+    assert time.monotonic() - began < 2.5
+    assert (outcome.timed_out, outcome.exit_code, outcome.adopted) == (True, None, True)
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_container_killed_on_timeout_by_another_task_reads_as_timed_out(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    spec = make_spec(run_id, data_dir, busybox_image, "sleep 30", timeout_s=1)
+    container = create_run_container(docker_client, spec)
+    container.start()
+    time.sleep(1.2)
+    container.kill()
+    container.wait(timeout=WAIT_LIMIT_S)
+
+    outcome = run_container(docker_client, spec)
+
+    assert (outcome.timed_out, outcome.exit_code, outcome.adopted) == (True, None, True)
+
+
+def test_container_removed_by_another_task_mid_wait_raises_container_gone(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    spec = make_spec(run_id, data_dir, busybox_image, "sleep 30")
+    container = create_run_container(docker_client, spec)
+    container.start()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(run_in_own_client, spec)
+        time.sleep(1)
+        container.remove(force=True)
+        with pytest.raises(ContainerGone) as gone:
+            waiting.result(timeout=WAIT_LIMIT_S)
+    assert gone.value.run_id == run_id
+
+
+def test_stop_run_containers_stops_only_the_given_runs(
+    docker_client: docker.DockerClient,
+    busybox_image: str,
+    new_run_id: Callable[[], str],
+    tmp_path: Path,
+) -> None:
+    run_ids = [new_run_id() for _ in range(3)]
+    for run_id in run_ids:
+        create_run_container(
+            docker_client, make_spec(run_id, tmp_path, busybox_image, "sleep 30")
+        ).start()
+
+    stopped = stop_run_containers(docker_client, run_ids=run_ids[:2], timeout_s=1)
+
+    assert sorted(stopped) == sorted(run_ids[:2])
+    assert containers_of(docker_client, run_ids[0]) == []
+    assert containers_of(docker_client, run_ids[1]) == []
+    assert is_running(docker_client, run_ids[2])
+
+
+def test_missing_data_dir_is_not_found(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, tmp_path: Path
+) -> None:
+    spec = make_spec(run_id, tmp_path / "absent", busybox_image, "true")
+    with pytest.raises(NotFound, match="absent does not exist"):
+        run_container(docker_client, spec)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda client, spec: run_container(client, spec),
+        lambda client, spec: ensure_image(client, spec.image),
+        lambda client, spec: stop_run_containers(client),
+    ],
+    ids=["run_container", "ensure_image", "stop_run_containers"],
+)
+def test_unreachable_daemon_is_service_unavailable(
+    call: Callable[[docker.DockerClient, ContainerSpec], object], run_id: str, data_dir: Path
+) -> None:
+    client = docker.DockerClient(base_url="tcp://127.0.0.1:9", version="1.41", timeout=5)
+    spec = make_spec(run_id, data_dir, ANY_IMAGE, "true")
+    try:
+        with pytest.raises(ServiceUnavailable, match=r"Docker unreachable at .*127\.0\.0\.1:9"):
+            call(client, spec)
+    finally:
+        client.close()
+
+
+# Pure helpers, no Docker.
+
+START = datetime(2024, 5, 7, 10, 0, tzinfo=UTC)
+
+
+@given(
+    timeout_s=st.floats(min_value=0.001, max_value=1e6),
+    elapsed_s=st.floats(min_value=-1e6, max_value=2e6),
+)
+def test_remaining_time_stays_within_the_budget(timeout_s: float, elapsed_s: float) -> None:
+    left = remaining_s(timeout_s, START, START + timedelta(seconds=elapsed_s))
+    assert 0.0 <= left <= timeout_s
+    if 0 <= elapsed_s <= timeout_s:
+        assert left == pytest.approx(timeout_s - elapsed_s, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("finished_at", "expected"),
+    [
+        ("2024-05-07T10:00:09.999999999Z", False),
+        ("2024-05-07T10:00:10.000000001Z", True),
+        ("2024-05-07T11:00:00Z", True),
+    ],
+)
+def test_ran_out_of_time_compares_docker_start_and_finish(finished_at: str, expected: bool) -> None:
+    state = {"StartedAt": "2024-05-07T10:00:00.000000001Z", "FinishedAt": finished_at}
+    assert ran_out_of_time(state, 10) is expected
+
+
+@pytest.mark.parametrize("run_id", ["", "-x", "a b", "a/b", "x" * 129])
+def test_run_id_unfit_for_a_container_name_is_invalid(run_id: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid run id"):
+        container_name(run_id)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"timeout_s": 0},
+        {"timeout_s": float("nan")},
+        {"memory_bytes": 0},
+        {"log_tail_lines": -1},
+        {"nano_cpus": 0},
+    ],
+)
+def test_spec_with_unusable_limits_is_invalid(limits: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput):
+        ContainerSpec(run_id="r1", tool=TOOL, image=ANY_IMAGE, data_dir=tmp_path, **limits)

@@ -1,0 +1,314 @@
+"""datasets.py against real git repositories in tmp_path (bare upstream + work clone that pushes)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mao_celery import datasets
+from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
+
+pytestmark = pytest.mark.integration
+
+# Identity and isolation for the git commands the tests run themselves; ~/.gitconfig is never read
+# or written by them.
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "MAO Test",
+    "GIT_AUTHOR_EMAIL": "test@mao.invalid",
+    "GIT_COMMITTER_NAME": "MAO Test",
+    "GIT_COMMITTER_EMAIL": "test@mao.invalid",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def run_git(*args: str, cwd: Path) -> str:
+    """Run git for the test's own set-up and inspection; return stdout without the last newline."""
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True
+    )
+    return done.stdout.rstrip("\n")
+
+
+def commit_file(work: Path, name: str, content: str) -> str:
+    """Commit one file in the work tree `work`; return the new commit's sha."""
+    (work / name).write_text(content)
+    run_git("add", name, cwd=work)
+    run_git("commit", "-q", "-m", f"add {name}", cwd=work)
+    return run_git("rev-parse", "HEAD", cwd=work)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A bare repository with a `main` branch, and a work clone that pushes to it."""
+
+    bare: Path
+    work: Path
+
+    def push_file(self, name: str, content: str) -> str:
+        """Commit a file in the work clone, push it to the bare repo; return the commit's sha."""
+        sha = commit_file(self.work, name, content)
+        run_git("push", "-q", "origin", "main", cwd=self.work)
+        return sha
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Upstream:
+    bare = tmp_path / "upstream.git"
+    work = tmp_path / "work"
+    run_git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+    run_git("clone", "-q", str(bare), str(work), cwd=tmp_path)
+    run_git("checkout", "-q", "-b", "main", cwd=work)
+    result = Upstream(bare=bare, work=work)
+    result.push_file("control-1.csv", "10\n")
+    return result
+
+
+@pytest.fixture
+def importdir(tmp_path: Path) -> Path:
+    path = tmp_path / "import"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    """A path that a command smuggled into git would create; it must never exist."""
+    return tmp_path / "pwned"
+
+
+@pytest.fixture
+def script(tmp_path: Path, marker: Path) -> Path:
+    """An executable that creates `marker`: the payload of the hostile URLs and configs."""
+    path = tmp_path / "payload.sh"
+    path.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    path.chmod(0o755)
+    return path
+
+
+def listing(path: Path) -> list[str]:
+    return sorted(entry.name for entry in path.iterdir())
+
+
+@pytest.mark.parametrize("form", ["file_url", "absolute_path"])
+def test_clone_by_url_and_path_leaves_only_the_clone(
+    upstream: Upstream, importdir: Path, form: str
+) -> None:
+    url = upstream.bare.as_uri() if form == "file_url" else str(upstream.bare)
+    dest = importdir / "weather"
+
+    assert datasets.clone(url, dest) == dest
+
+    assert (dest / "control-1.csv").read_text() == "10\n"
+    assert listing(importdir) == ["weather"]
+
+
+def test_clone_into_existing_dest_is_refused_and_dest_unchanged(
+    upstream: Upstream, importdir: Path
+) -> None:
+    dest = importdir / "weather"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep")
+
+    with pytest.raises(AlreadyExists, match="--update"):
+        datasets.clone(str(upstream.bare), dest)
+
+    assert listing(dest) == ["mine.txt"]
+    assert listing(importdir) == ["weather"]
+
+
+@pytest.mark.parametrize("source", ["missing_path", "missing_file_url", "not_a_repo"])
+def test_failed_clone_leaves_no_directory(tmp_path: Path, importdir: Path, source: str) -> None:
+    not_a_repo = tmp_path / "plain.git"
+    not_a_repo.mkdir()
+    (not_a_repo / "README").write_text("not a repository")
+    url = {
+        "missing_path": str(tmp_path / "nowhere.git"),
+        "missing_file_url": (tmp_path / "nowhere.git").as_uri(),
+        "not_a_repo": str(not_a_repo),
+    }[source]
+    (importdir / "existing").mkdir()
+    before = listing(importdir)
+
+    with pytest.raises(ServiceUnavailable, match="git unreachable at"):
+        datasets.clone(url, importdir / "weather")
+
+    assert listing(importdir) == before
+
+
+def test_clone_that_times_out_is_killed_and_leaves_nothing(importdir: Path) -> None:
+    # A loopback listener that never answers: git waits for the server until it is killed.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with pytest.raises(ServiceUnavailable, match="did not complete"):
+            datasets.clone(f"git://127.0.0.1:{port}/data.git", importdir / "slow", timeout_s=1)
+
+    assert listing(importdir) == []
+
+
+@pytest.mark.parametrize(
+    "url_template",
+    [
+        "ext::sh -c touch% {marker}",
+        "ext::{script}",
+        "--upload-pack=touch {marker}",
+        "--upload-pack={script}",
+        "fd::3",
+        "",
+        "../x",
+    ],
+)
+def test_refused_url_never_reaches_git(
+    importdir: Path, marker: Path, script: Path, url_template: str
+) -> None:
+    url = url_template.format(marker=marker, script=script)
+
+    with pytest.raises(InvalidInput, match="invalid git URL"):
+        datasets.clone(url, importdir / "weather")
+
+    assert listing(importdir) == []
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["Upper", ".hidden", "a b"])
+def test_clone_refuses_invalid_dest_name(upstream: Upstream, importdir: Path, name: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid name"):
+        datasets.clone(str(upstream.bare), importdir / name)
+
+    assert listing(importdir) == []
+
+
+def test_update_fast_forwards_to_the_new_commit(upstream: Upstream, importdir: Path) -> None:
+    dest = datasets.clone(upstream.bare.as_uri(), importdir / "weather")
+    sha = upstream.push_file("control-2.csv", "11\n")
+
+    assert datasets.update(dest) == sha
+
+    assert (dest / "control-2.csv").read_text() == "11\n"
+    assert run_git("rev-parse", "HEAD", cwd=dest) == sha
+
+
+def test_update_of_diverged_clone_is_refused_and_changes_nothing(
+    upstream: Upstream, importdir: Path
+) -> None:
+    dest = datasets.clone(str(upstream.bare), importdir / "weather")
+    local_sha = commit_file(dest, "local.csv", "1\n")
+    upstream.push_file("remote.csv", "2\n")
+
+    with pytest.raises(InvalidInput, match="cannot fast-forward"):
+        datasets.update(dest)
+
+    assert run_git("rev-parse", "HEAD", cwd=dest) == local_sha
+    assert listing(dest) == [".git", "control-1.csv", "local.csv"]
+    assert run_git("status", "--porcelain", cwd=dest) == ""
+
+
+@pytest.mark.parametrize("kind", ["missing", "plain_directory", "repo_without_origin"])
+def test_update_of_non_clone_is_not_found(importdir: Path, kind: str) -> None:
+    dest = importdir / "weather"
+    if kind != "missing":
+        dest.mkdir()
+    if kind == "repo_without_origin":
+        run_git("init", "-q", cwd=dest)
+
+    with pytest.raises(NotFound, match="not a git clone"):
+        datasets.update(dest)
+
+
+def test_update_with_unreachable_remote_is_service_unavailable(
+    upstream: Upstream, importdir: Path
+) -> None:
+    dest = datasets.clone(str(upstream.bare), importdir / "weather")
+    upstream.bare.rename(upstream.bare.with_name("moved.git"))
+
+    with pytest.raises(ServiceUnavailable, match=f"git unreachable at {upstream.bare}"):
+        datasets.update(dest)
+
+
+def test_update_refuses_helper_url_planted_in_clone_config(
+    upstream: Upstream, importdir: Path, marker: Path, script: Path
+) -> None:
+    dest = datasets.clone(str(upstream.bare), importdir / "weather")
+    run_git("config", "remote.origin.url", f"ext::{script}", cwd=dest)
+
+    with pytest.raises(InvalidInput, match="not allowed"):
+        datasets.update(dest)
+
+    assert not marker.exists()
+
+
+def test_update_runs_no_hook_or_fsmonitor_planted_in_clone(
+    upstream: Upstream, importdir: Path, marker: Path, script: Path
+) -> None:
+    dest = datasets.clone(str(upstream.bare), importdir / "weather")
+    hook = dest / ".git" / "hooks" / "post-merge"
+    hook.write_text(script.read_text())
+    hook.chmod(0o755)
+    run_git("config", "core.fsmonitor", str(script), cwd=dest)
+    sha = upstream.push_file("control-2.csv", "11\n")
+
+    assert datasets.update(dest) == sha
+
+    assert not marker.exists()
+
+
+def test_ensure_clone_clones_once_then_reuses_with_tool_files(
+    upstream: Upstream, importdir: Path
+) -> None:
+    dest = importdir / "demo-tool"
+
+    assert datasets.ensure_clone(str(upstream.bare), dest) is True
+    (dest / "control-2.csv").write_text("12\n")  # what a tool run adds
+    upstream.push_file("upstream-only.csv", "0\n")
+
+    assert datasets.ensure_clone(str(upstream.bare), dest) is False
+    assert listing(dest) == [".git", "control-1.csv", "control-2.csv"]
+
+
+def test_ensure_clone_refuses_a_file_in_the_way(upstream: Upstream, importdir: Path) -> None:
+    dest = importdir / "demo-tool"
+    dest.write_text("not a directory")
+
+    with pytest.raises(AlreadyExists):
+        datasets.ensure_clone(str(upstream.bare), dest)
+
+    assert dest.read_text() == "not a directory"
+
+
+def test_list_local_describes_valid_directories_only(upstream: Upstream, importdir: Path) -> None:
+    sha = run_git("rev-parse", "HEAD", cwd=upstream.work)
+    datasets.clone(upstream.bare.as_uri(), importdir / "weather")
+    (importdir / "plain").mkdir()
+    (importdir / ".clone-weather-abc123").mkdir()
+    (importdir / ".hidden").mkdir()
+    (importdir / "Upper").mkdir()
+    (importdir / "notes.txt").write_text("a file")
+    run_git("init", "-q", str(importdir / "empty-repo"), cwd=importdir)
+
+    found = datasets.list_local(importdir)
+
+    assert found == [
+        datasets.LocalDataset(
+            name="empty-repo", path=importdir / "empty-repo", is_git=True, head=None, remote=None
+        ),
+        datasets.LocalDataset(
+            name="plain", path=importdir / "plain", is_git=False, head=None, remote=None
+        ),
+        datasets.LocalDataset(
+            name="weather",
+            path=importdir / "weather",
+            is_git=True,
+            head=sha[: datasets.SHORT_SHA_LEN],
+            remote=upstream.bare.as_uri(),
+        ),
+    ]
+
+
+def test_list_local_of_missing_importdir_is_empty(tmp_path: Path) -> None:
+    assert datasets.list_local(tmp_path / "missing") == []

@@ -1,0 +1,388 @@
+"""Unit tests of mao_celery.models: name, image and git URL rules, registry models, run states."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
+
+from mao_celery.exceptions import InvalidInput
+from mao_celery.models import (
+    NAME_RE,
+    TERMINAL_STATUSES,
+    Dataset,
+    Name,
+    RunReport,
+    RunStatus,
+    Tool,
+    build,
+    describe_validation_error,
+    validate_git_url,
+    validate_image,
+    validate_name,
+)
+
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+TOOL_FIELDS: dict[str, Any] = {
+    "name": "demo",
+    "author": "Ada",
+    "image": "mao-demo:latest",
+    "data_repo": "https://github.com/o/r.git",
+    "code_repo": "https://github.com/o/code.git",
+    "artefact": "control.csv",
+}
+DATASET_FIELDS: dict[str, Any] = {"name": "demo-data", "url": "/srv/data.git"}
+
+
+def refusal(call: Callable[[], object], error: type[Exception]) -> str | None:
+    """The message of the `error` that `call()` raises, or None when it returns."""
+    try:
+        call()
+    except error as e:
+        return str(e)
+    return None
+
+
+def assert_one_line(message: str) -> None:
+    assert message.splitlines() == [message], f"not one line: {message!r}"
+
+
+# validate_name
+
+
+@pytest.mark.parametrize("name", ["a", "demo-tool_1.x", "a" * 64, "0", "9.9"])
+def test_validate_name_accepts_valid_names(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "a" * 65, "../x", ".hidden", "Upper", "a/b", "a b", "-x", "é", "dé", "a\n"]
+)
+def test_validate_name_refuses_invalid_names(name: str) -> None:
+    with pytest.raises(ValueError, match="invalid name") as raised:
+        validate_name(name)
+    assert repr(name) in str(raised.value)
+
+
+@given(st.from_regex(NAME_RE, fullmatch=True))
+def test_validate_name_accepts_every_match_of_name_re(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@given(
+    st.text(max_size=30),
+    st.characters().filter(lambda char: char not in NAME_CHARS),
+    st.text(max_size=30),
+)
+def test_validate_name_refuses_any_char_outside_the_alphabet(
+    before: str, bad: str, after: str
+) -> None:
+    with pytest.raises(ValueError, match="invalid name"):
+        validate_name(before + bad + after)
+
+
+# validate_image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "mao-demo:latest",
+        "busybox",
+        "library/busybox:1.36",
+        "localhost:5000/a/b:tag",
+        "127.0.0.1:5000/x",
+        f"repo@{DIGEST}",
+        f"busybox:1.36@{DIGEST}",
+        "a__b",
+        "a---b",
+        "a:" + "t" * 128,
+        "a" * 255,
+    ],
+)
+def test_validate_image_accepts_docker_references(image: str) -> None:
+    assert validate_image(image) == image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "",
+        "UPPER:tag",
+        "a:",
+        ":tag",
+        "a::b",
+        "-a",
+        "a b",
+        "a" * 256,
+        "a:tag with space",
+        "a:" + "t" * 129,
+        "a\n",
+        "a___b",
+        "repo@sha256:abc",
+        # Docker's tag grammar `[\w][\w.-]*` is ASCII (Go regexp); these are not tags.
+        "busybox:é",
+        "busybox:latesté",
+        "busybox:\u0661",
+    ],
+)
+def test_validate_image_refuses_invalid_references(image: str) -> None:
+    with pytest.raises(ValueError, match="invalid image reference") as raised:
+        validate_image(image)
+    assert repr(image) in str(raised.value)
+
+
+@given(st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", fullmatch=True))
+def test_validate_image_accepts_every_ascii_tag(tag: str) -> None:
+    assert validate_image(f"busybox:{tag}") == f"busybox:{tag}"
+
+
+# validate_git_url
+
+VALID_GIT_URLS = [
+    "https://github.com/o/r.git",
+    "http://host/r",
+    "ssh://git@host:22/r.git",
+    "git://host/r",
+    "file:///srv/r.git",
+    "git@github.com:o/r.git",
+    "/srv/data.git",
+]
+
+
+@pytest.mark.parametrize("url", VALID_GIT_URLS)
+def test_validate_git_url_accepts_clonable_urls(url: str) -> None:
+    assert validate_git_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ext::sh -c touch% /tmp/x",
+        "fd::3",
+        "--upload-pack=touch /tmp/x",
+        "-u",
+        "../x",
+        "relative/path",
+        "",
+        "https://host/a b",
+        "ftp://host/r",
+        "file://relative",
+        "https:///nohost",
+        "ssh://-oProxyCommand=x/r",
+        "git@host:-r",
+        "https://host/r\nx",
+        "https://host/r\n",
+        "https://host/r\t",
+        "https://[x/r",
+        "ssh://[-oProxyCommand=x]/r",
+    ],
+)
+def test_validate_git_url_refuses_unsafe_urls_naming_them(url: str) -> None:
+    with pytest.raises(ValueError, match="invalid git URL") as raised:
+        validate_git_url(url)
+    assert repr(url) in str(raised.value)
+
+
+@given(st.text().map(lambda rest: "-" + rest))
+def test_validate_git_url_refuses_anything_starting_with_a_dash(url: str) -> None:
+    with pytest.raises(ValueError, match="invalid git URL"):
+        validate_git_url(url)
+
+
+@given(st.text(), st.text())
+def test_validate_git_url_refuses_anything_with_a_remote_helper(before: str, after: str) -> None:
+    with pytest.raises(ValueError, match="invalid git URL"):
+        validate_git_url(before + "::" + after)
+
+
+@given(st.from_regex(r"(https?|ssh|git|file)://[\x21-\x7e]{0,40}", fullmatch=True))
+def test_validate_git_url_accepts_or_refuses_naming_the_url(url: str) -> None:
+    message = refusal(lambda: validate_git_url(url), ValueError)
+    assert message is None or message.startswith(f"invalid git URL {url!r}: ")
+
+
+# Tool and Dataset
+
+
+def test_build_returns_a_valid_tool_with_defaults() -> None:
+    tool = build(Tool, **TOOL_FIELDS)
+    assert tool.name == "demo"
+    assert tool.spike_window is None
+    assert tool.spike_threshold_pct is None
+    assert tool.description == ""
+    assert tool.created_at.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "field", "value", "expected"),
+    [
+        (Tool, TOOL_FIELDS, "name", "../x", "name: invalid name '../x'"),
+        (Tool, TOOL_FIELDS, "image", "UPPER:tag", "image: invalid image reference 'UPPER:tag'"),
+        (Tool, TOOL_FIELDS, "data_repo", "fd::3", "data_repo: invalid git URL 'fd::3'"),
+        (Tool, TOOL_FIELDS, "author", "", "author: String should have at least 1 character"),
+        (Tool, TOOL_FIELDS, "description", "x" * 4097, "description: String should have at most"),
+        (Dataset, DATASET_FIELDS, "name", "Upper", "name: invalid name 'Upper'"),
+        (Dataset, DATASET_FIELDS, "url", "-u", "url: invalid git URL '-u'"),
+    ],
+)
+def test_build_raises_invalid_input_naming_the_field(
+    model: type[Tool | Dataset], fields: dict[str, Any], field: str, value: str, expected: str
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        build(model, **(fields | {field: value}))
+    assert str(raised.value).startswith(expected)
+    assert_one_line(str(raised.value))
+    assert isinstance(raised.value.__cause__, ValidationError)
+
+
+@pytest.mark.parametrize("field", ["name", "author", "image", "data_repo", "code_repo"])
+@given(value=st.text(max_size=300))
+def test_build_tool_errors_are_one_line_naming_the_field(field: str, value: str) -> None:
+    message = refusal(lambda: build(Tool, **(TOOL_FIELDS | {field: value})), InvalidInput)
+    if message is not None:
+        assert message.startswith(f"{field}: ")
+        assert_one_line(message)
+
+
+@pytest.mark.parametrize(("model", "fields"), [(Tool, TOOL_FIELDS), (Dataset, DATASET_FIELDS)])
+def test_build_refuses_extra_fields(model: type[Tool | Dataset], fields: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput, match=r"^colour: Extra inputs are not permitted"):
+        build(model, **fields, colour="red")
+
+
+@pytest.mark.parametrize("window", [1, 2, 1000])
+def test_tool_accepts_spike_window_within_bounds(window: int) -> None:
+    assert build(Tool, **TOOL_FIELDS, spike_window=window).spike_window == window
+
+
+@pytest.mark.parametrize("window", [0, -1, 1001])
+def test_tool_refuses_spike_window_out_of_bounds(window: int) -> None:
+    with pytest.raises(InvalidInput, match=r"^spike_window: "):
+        build(Tool, **TOOL_FIELDS, spike_window=window)
+
+
+@pytest.mark.parametrize("threshold_pct", [0.0, -1.0, math.inf, -math.inf, math.nan])
+def test_tool_refuses_non_positive_or_non_finite_threshold(threshold_pct: float) -> None:
+    with pytest.raises(InvalidInput, match=r"^spike_threshold_pct: "):
+        build(Tool, **TOOL_FIELDS, spike_threshold_pct=threshold_pct)
+
+
+@given(st.floats(min_value=0, exclude_min=True, allow_infinity=False))
+def test_tool_accepts_any_positive_finite_threshold(threshold_pct: float) -> None:
+    tool = build(Tool, **TOOL_FIELDS, spike_threshold_pct=threshold_pct)
+    assert tool.spike_threshold_pct == threshold_pct
+
+
+@given(
+    name=st.from_regex(NAME_RE, fullmatch=True),
+    image=st.sampled_from(["busybox", "localhost:5000/a/b:tag", f"repo@{DIGEST}"]),
+    data_repo=st.sampled_from(VALID_GIT_URLS),
+    description=st.text(max_size=100),
+    spike_window=st.none() | st.integers(min_value=1, max_value=1000),
+    spike_threshold_pct=st.none() | st.floats(min_value=0, exclude_min=True, allow_infinity=False),
+    created_at=st.datetimes(timezones=st.just(UTC)),
+)
+def test_tool_json_round_trip_is_equal(
+    name: str,
+    image: str,
+    data_repo: str,
+    description: str,
+    spike_window: int | None,
+    spike_threshold_pct: float | None,
+    created_at: datetime,
+) -> None:
+    tool = build(
+        Tool,
+        **TOOL_FIELDS
+        | {
+            "name": name,
+            "image": image,
+            "data_repo": data_repo,
+            "description": description,
+            "spike_window": spike_window,
+            "spike_threshold_pct": spike_threshold_pct,
+            "created_at": created_at,
+        },
+    )
+    assert Tool.model_validate_json(tool.model_dump_json()) == tool
+
+
+@given(
+    name=st.from_regex(NAME_RE, fullmatch=True),
+    url=st.sampled_from(VALID_GIT_URLS),
+    created_at=st.datetimes(timezones=st.just(UTC)),
+)
+def test_dataset_json_round_trip_is_equal(name: str, url: str, created_at: datetime) -> None:
+    dataset = build(Dataset, name=name, url=url, created_at=created_at)
+    assert Dataset.model_validate_json(dataset.model_dump_json()) == dataset
+
+
+@pytest.mark.parametrize(("model", "fields"), [(Tool, TOOL_FIELDS), (Dataset, DATASET_FIELDS)])
+def test_models_are_frozen(model: type[Tool | Dataset], fields: dict[str, Any]) -> None:
+    instance = build(model, **fields)
+    with pytest.raises(ValidationError, match="frozen"):
+        instance.name = "other"  # type: ignore[misc]
+    assert instance.name == fields["name"]
+
+
+# RunStatus
+
+
+@pytest.mark.parametrize(
+    ("status", "terminal"),
+    [
+        (RunStatus.QUEUED, False),
+        (RunStatus.PREPARING, False),
+        (RunStatus.RUNNING, False),
+        (RunStatus.DETECTING, False),
+        (RunStatus.PUBLISHING, False),
+        (RunStatus.SUCCEEDED, True),
+        (RunStatus.FAILED, True),
+        (RunStatus.INTERRUPTED, True),
+    ],
+)
+def test_run_status_terminal(status: RunStatus, terminal: bool) -> None:
+    assert status.terminal is terminal
+
+
+def test_terminal_statuses_are_succeeded_failed_interrupted() -> None:
+    assert {"succeeded", "failed", "interrupted"} == TERMINAL_STATUSES
+    assert all(isinstance(status, RunStatus) for status in TERMINAL_STATUSES)
+
+
+def test_run_status_values_are_their_lowercase_names() -> None:
+    assert [status.value for status in RunStatus] == [status.name.lower() for status in RunStatus]
+
+
+# describe_validation_error
+
+
+def test_describe_validation_error_drops_the_value_error_prefix() -> None:
+    with pytest.raises(ValidationError) as raised:
+        Dataset(name="Upper", url="/srv/data.git")
+    assert "Value error, " in str(raised.value)
+    assert describe_validation_error(raised.value) == (
+        "name: invalid name 'Upper': use 1-64 of a-z 0-9 . _ - , starting with a letter or digit"
+    )
+
+
+def test_describe_validation_error_joins_a_nested_location_with_dots() -> None:
+    with pytest.raises(ValidationError) as raised:
+        RunReport.model_validate(
+            {"run_id": "r1", "tool": "demo", "node": "n1", "spike": {"threshold_pct": 20.0}}
+        )
+    assert describe_validation_error(raised.value) == "spike.window: Field required"
+
+
+def test_describe_validation_error_names_value_when_there_is_no_field() -> None:
+    with pytest.raises(ValidationError) as raised:
+        TypeAdapter(Name).validate_python("-x")
+    assert describe_validation_error(raised.value).startswith("value: invalid name '-x'")
