@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from celery import Celery
 
+from beat_schedule import BEAT_SCHEDULE
 from mao_celery.settings import Settings, load_settings
 
 TASK_MODULES = ["mao_celery.tasks"]
+BEAT_LOCK_TIMEOUT_S = 30
+BEAT_MAX_LOOP_INTERVAL_S = 5
 
 
 def create_app(settings: Settings) -> Celery:
@@ -44,8 +47,14 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=True,
         timezone="UTC",
         enable_utc=True,
-        redbeat_redis_url=settings.redis_url,
+        beat_schedule=BEAT_SCHEDULE,
         beat_scheduler="redbeat.RedBeatScheduler",
+        redbeat_redis_url=settings.redis_url,
+        redbeat_key_prefix="mao:beat",
+        # A beat killed without releasing its lock blocks a restarted or second beat for at most
+        # the lock's timeout; the holder extends it on every tick (at most 5 s apart).
+        redbeat_lock_timeout=BEAT_LOCK_TIMEOUT_S,
+        beat_max_loop_interval=BEAT_MAX_LOOP_INTERVAL_S,
     )
     return app
 

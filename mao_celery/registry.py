@@ -266,6 +266,32 @@ class Registry:
 
         return self.etcd.call(put)
 
+    def put_member(self, member: Member, lease_id: int) -> None:
+        """Rewrite this node's member record on its existing lease `lease_id`.
+
+        Raises:
+            ServiceUnavailable: etcd did not answer.
+        """
+        key = f"{self.members_prefix}{member.node_id}"
+        self.etcd.call(lambda client: client.put(key, member.model_dump_json(), lease=lease_id))
+
+    def refresh_member_lease(self, lease_id: int) -> bool:
+        """Keep lease `lease_id` alive for another TTL; False when it has already expired.
+
+        Raises:
+            ServiceUnavailable: etcd did not answer.
+        """
+        responses = self.etcd.call(lambda client: list(client.refresh_lease(lease_id)))
+        return bool(responses) and responses[0].TTL > 0
+
+    def revoke_member_lease(self, lease_id: int) -> None:
+        """Revoke lease `lease_id`, deleting the member record on it at once.
+
+        Raises:
+            ServiceUnavailable: etcd did not answer.
+        """
+        self.etcd.call(lambda client: client.revoke_lease(lease_id))
+
     def members(self) -> tuple[list[Member], list[InvalidEntry]]:
         """The live members (those whose lease has not expired), sorted by node id.
 

@@ -24,10 +24,11 @@ from typing import Any
 import docker
 from celery import Task, chain
 from celery.canvas import Signature
+from celery.signals import worker_shutdown
 
-from mao_celery import containers, datasets, spike
+from mao_celery import containers, datasets, members, spike
 from mao_celery.celery_app import app, settings
-from mao_celery.exceptions import MaoError, ServiceUnavailable
+from mao_celery.exceptions import AlreadyRunning, MaoError, NotFound, ServiceUnavailable
 from mao_celery.models import TERMINAL_STATUSES, Notification, RunReport, RunStatus, utcnow
 from mao_celery.registry import Registry, connect
 from mao_celery.runs import RunStore
@@ -182,6 +183,9 @@ def run(ctx: Node, report: RunReport) -> RunReport:
         outcome = containers.run_container(ctx.docker, spec)
     except containers.ContainerGone:
         return adopted_outcome(ctx, report)
+    stored = ctx.runs.get(report.run_id)
+    if stored.status == RunStatus.INTERRUPTED:
+        return stored
     report = report.model_copy(
         update={
             "container_name": outcome.container_name,
@@ -301,3 +305,37 @@ def listen_notifications() -> list[str]:
     """Periodic: log the federation's new spike notifications (see `log_new_notifications`)."""
     ctx = node()
     return log_new_notifications(ctx.registry, ctx.runs)
+
+
+# ---- schedules and membership ----------------------------------------------------------------
+
+
+@app.task(name="mao.scheduled_run")
+def scheduled_run(tool: str) -> str | None:
+    """Periodic (one RedBeat entry per scheduled tool): start a run of `tool` as `tool run` does.
+
+    Returns the run id, or None when the run was skipped (the tool is running or was removed).
+    """
+    ctx = node()
+    try:
+        return start_run(tool, conf=ctx.settings, registry=ctx.registry, runs=ctx.runs).run_id
+    except (AlreadyRunning, NotFound) as e:
+        log.warning("scheduled run of %s skipped: %s", tool, e)
+        return None
+
+
+@app.task(name="mao.heartbeat")
+def heartbeat() -> str:
+    """Periodic: refresh this node's member record in etcd (see `members.heartbeat`)."""
+    ctx = node()
+    return members.heartbeat(ctx.registry, ctx.runs, ctx.settings.node_id).model_dump_json()
+
+
+@worker_shutdown.connect
+def leave_federation(**_: Any) -> None:
+    """On a clean worker shutdown, remove this node's member record at once."""
+    ctx = node()
+    try:
+        members.leave(ctx.registry, ctx.runs)
+    except MaoError as e:
+        log.warning("could not remove this node's member record: %s", e)
