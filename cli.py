@@ -223,12 +223,13 @@ def tool_run(name: str, no_wait: bool, as_json: bool) -> None:
 
     Exits 0 when the run succeeded, 4 when it failed (the reason on stderr).
     """
+    from mao_celery.celery_app import app
+    from mao_celery.enqueue import start_run
     from mao_celery.runs import RunStore
-    from mao_celery.tasks import start_run
 
     conf = settings()
     runs = RunStore.from_url(conf.redis_url, conf.run_history)
-    report = start_run(name, conf=conf, registry=registry(), runs=runs)
+    report = start_run(app, name, conf=conf, registry=registry(), runs=runs)
     if no_wait:
         click.echo(report.run_id)
         return
@@ -250,7 +251,9 @@ def wait_for_run(runs: Any, run_id: str) -> RunReport:
         report = runs.get(run_id)
         while not report.status.terminal:
             shown.update(f"run {run_id}: {stages.get(report.status, report.status)}")
-            report = runs.wait(run_id, lambda r, s=report.status: r.status != s, timeout_s=1.0)
+            report = runs.wait(
+                run_id, lambda r, s=report.status: r.status != s, timeout_s=1.0, poll_s=0.05
+            )
     return cast("RunReport", report)
 
 

@@ -182,10 +182,13 @@ def stop_run_containers(
     run_ids: Collection[str] | None = None,
     timeout_s: float = 10,
 ) -> list[str]:
-    """Stop, then remove, the running containers of MAO runs (those labelled `mao.run_id`).
+    """Stop the running containers of MAO runs (those labelled `mao.run_id`), without removing them.
 
-    Each gets SIGTERM, then SIGKILL after `timeout_s` seconds (rounded up; default 10). Meant for a
-    warm shutdown of a worker. `run_ids` limits it to those runs; None stops every run's container.
+    Each gets SIGTERM, then SIGKILL after `timeout_s` seconds (rounded up; default 10). Meant for
+    the end of a node's shutdown grace period (mao_celery/shutdown.py): the task waiting on a
+    container then reads its exit code and logs and removes it, as after any other end; a task
+    killed before that leaves it to its redelivery, which adopts the stopped container. `run_ids`
+    limits it to those runs; None stops every run's container.
 
     Returns:
         The run ids whose containers this call stopped.
@@ -205,7 +208,6 @@ def stop_run_containers(
                 container.stop(timeout=math.ceil(timeout_s))
             except docker.errors.NotFound:
                 continue
-            _remove(container)
             stopped.append(run_id)
     return stopped
 

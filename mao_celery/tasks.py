@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,12 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from celery import Task, chain
-from celery.canvas import Signature
+from celery import Task
 from celery.signals import worker_shutdown
 
 from mao_celery import containers, datasets, members, spike
 from mao_celery.celery_app import app, settings
+from mao_celery.enqueue import (
+    DETECT_SPIKE,
+    PREPARE_DATASET,
+    PUBLISH_NOTIFICATION,
+    RUN_CONTAINER,
+    start_run,
+)
 from mao_celery.exceptions import AlreadyRunning, MaoError, NotFound, ServiceUnavailable
 from mao_celery.models import TERMINAL_STATUSES, Notification, RunReport, RunStatus, utcnow
 from mao_celery.registry import Registry, connect
@@ -69,40 +74,6 @@ class Node:
 def node() -> Node:
     """The clients of this process (one set per worker process)."""
     return Node(settings)
-
-
-# ---- starting a run --------------------------------------------------------------------------
-
-
-def lock_ttl_s(conf: Settings) -> float:
-    """How long a tool's lock may outlive a dead worker: a redelivery after the broker's
-    visibility timeout, then a whole container run, plus 5 minutes."""
-    return conf.visibility_timeout_s + conf.run_timeout_s + 300.0
-
-
-def start_run(tool: str, *, conf: Settings, registry: Registry, runs: RunStore) -> RunReport:
-    """Queue a run of `tool`: record it, take the tool's lock, send the chain to the workers.
-
-    Raises:
-        NotFound: the tool is not registered.
-        AlreadyRunning: a run of the tool is under way on this node.
-        ServiceUnavailable: etcd or Redis did not answer.
-    """
-    registry.tools.get(tool)
-    report = RunReport(
-        run_id=uuid.uuid4().hex, tool=tool, node=conf.node_id, timeout_s=conf.run_timeout_s
-    )
-    runs.begin(report, lock_ttl_s(conf))
-    run_chain(report).apply_async()
-    return report
-
-
-def run_chain(report: RunReport) -> Signature:
-    """The chain of tasks that performs the run `report` (queued)."""
-    state = report.model_dump(mode="json")
-    return chain(
-        prepare_dataset.s(state), run_container.s(), detect_spike.s(), publish_notification.s()
-    )
 
 
 # ---- the steps -------------------------------------------------------------------------------
@@ -248,25 +219,25 @@ def publish(ctx: Node, report: RunReport) -> RunReport:
     )
 
 
-@app.task(bind=True, name="mao.prepare_dataset")
+@app.task(bind=True, name=PREPARE_DATASET)
 def prepare_dataset(self: Task, state: dict[str, Any]) -> dict[str, Any]:
     """Step 1: the tool's data directory, cloned on first use."""
     return step(self, state, RunStatus.PREPARING, prepare)
 
 
-@app.task(bind=True, name="mao.run_container")
+@app.task(bind=True, name=RUN_CONTAINER)
 def run_container(self: Task, state: dict[str, Any]) -> dict[str, Any]:
     """Step 2: the tool's container, run to its end or its timeout."""
     return step(self, state, RunStatus.RUNNING, run)
 
 
-@app.task(bind=True, name="mao.detect_spike")
+@app.task(bind=True, name=DETECT_SPIKE)
 def detect_spike(self: Task, state: dict[str, Any]) -> dict[str, Any]:
     """Step 3: spike detection on the control files."""
     return step(self, state, RunStatus.DETECTING, detect)
 
 
-@app.task(bind=True, name="mao.publish_notification")
+@app.task(bind=True, name=PUBLISH_NOTIFICATION)
 def publish_notification(self: Task, state: dict[str, Any]) -> dict[str, Any]:
     """Step 4: the notification of a spike; the run ends."""
     return step(self, state, RunStatus.PUBLISHING, publish)
@@ -318,7 +289,7 @@ def scheduled_run(tool: str) -> str | None:
     """
     ctx = node()
     try:
-        return start_run(tool, conf=ctx.settings, registry=ctx.registry, runs=ctx.runs).run_id
+        return start_run(app, tool, conf=ctx.settings, registry=ctx.registry, runs=ctx.runs).run_id
     except (AlreadyRunning, NotFound) as e:
         log.warning("scheduled run of %s skipped: %s", tool, e)
         return None

@@ -41,6 +41,7 @@ stop_service() {
   rm -f "$pidfile"
 }
 
+stop_service node worker.sh
 stop_service etcd etcd
 stop_service redis redis-server
 stop_service dockerd dockerd

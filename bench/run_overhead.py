@@ -1,0 +1,127 @@
+"""How much `maoctl tool run` costs over a bare `docker run --rm` of the same minimal image.
+
+Runs both N times, interleaved, against this node's services (scripts/setup.sh) on an isolated
+Redis database, etcd prefix and importdir, with a worker started for the purpose, and prints the
+median wall times (seconds) and their ratio side by side. Usage:
+
+    .venv/bin/python bench/run_overhead.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import docker
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE = "mao-busybox:latest"
+IMAGE = "mao-bench-minimal:latest"
+SCRIPT = "echo 1 > /usr/src/app/data/control-$(date +%s%N).csv"
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time of one command in seconds; exits if it fails."""
+    started = time.perf_counter()
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(argv[:4])} failed ({result.returncode}): {result.stderr.strip()}")
+    return elapsed
+
+
+def make_data_repo(root: Path) -> str:
+    """A bare git repository with one commit; returns its file:// URL."""
+    bare, work = root / "data.git", root / "work"
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    subprocess.run(["git", "clone", "-q", str(bare), str(work)], check=True, capture_output=True)
+    (work / "README.md").write_text("bench\n")
+    subprocess.run([*git, "-C", str(work), "add", "README.md"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "bench"], check=True)
+    subprocess.run([*git, "-C", str(work), "push", "-q", "origin", "HEAD"], check=True)
+    return f"file://{bare}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10, help="runs of each (default 10)")
+    runs = parser.parse_args().runs
+
+    client = docker.from_env()
+    dockerfile = f"FROM {BASE}\nCMD {json.dumps(['sh', '-c', SCRIPT])}\n"
+    with tempfile.TemporaryDirectory() as context:
+        (Path(context) / "Dockerfile").write_text(dockerfile)
+        client.images.build(path=context, tag=IMAGE, rm=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAO_")} | {
+            "MAO_REDIS_URL": "redis://127.0.0.1:6379/14",
+            "MAO_ETCD_ENDPOINTS": "127.0.0.1:2379",
+            "MAO_ETCD_PREFIX": f"/mao-bench-{uuid.uuid4().hex[:8]}/",
+            "MAO_IMPORTDIR": str(root / "importdir"),
+            "MAO_TOOL_NETWORK": "none",
+        }
+        maoctl = [sys.executable, str(REPO_ROOT / "cli.py")]
+        celery = [sys.executable, "-m", "celery", "-A", "mao_celery.celery_app", "worker"]
+        worker = subprocess.Popen(
+            [*celery, "-c", "2", "--without-mingle", "--without-gossip", "-l", "warning"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = make_data_repo(root)
+            timed(
+                [
+                    *maoctl,
+                    "tool",
+                    "add",
+                    "bench",
+                    "bench",
+                    IMAGE,
+                    url,
+                    "https://example.org/bench",
+                    "csv",
+                ],
+                env,
+            )
+            timed([*maoctl, "tool", "run", "bench"], env)  # warm-up: clone, worker ready
+            data_dir = root / "importdir" / "bench"
+            bare = ["docker", "run", "--rm", "--network", "none"]
+            bare += ["-v", f"{data_dir}:/usr/src/app/data", IMAGE]
+            docker_s, maoctl_s = [], []
+            for _ in range(runs):
+                docker_s.append(timed(bare, env))
+                maoctl_s.append(timed([*maoctl, "tool", "run", "bench"], env))
+        finally:
+            worker.terminate()
+            worker.wait(30)
+            subprocess.run(["redis-cli", "-n", "14", "flushdb"], capture_output=True, check=False)
+            subprocess.run(
+                ["etcdctl", "del", "--prefix", env["MAO_ETCD_PREFIX"]],
+                capture_output=True,
+                env=os.environ | {"ETCDCTL_API": "3"},
+                check=False,
+            )
+
+    bare_median, mao_median = statistics.median(docker_s), statistics.median(maoctl_s)
+    print(f"runs of each: {runs} (interleaved)")
+    print(f"{'':24}{'median s':>10}{'min s':>10}{'max s':>10}")
+    for label, times in (("docker run --rm", docker_s), ("maoctl tool run", maoctl_s)):
+        print(f"{label:24}{statistics.median(times):10.3f}{min(times):10.3f}{max(times):10.3f}")
+    print(f"ratio maoctl / docker run: {mao_median / bare_median:.2f}")
+
+
+if __name__ == "__main__":
+    main()

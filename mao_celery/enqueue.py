@@ -1,0 +1,56 @@
+"""Starting a run: record it, take the tool's lock and send its chain of tasks to the workers.
+
+Kept apart from tasks.py so that `maoctl tool run` sends a run by task name without importing
+what the tasks need (Docker, GitPython): the CLI's start-up stays short (see bench/).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import Celery, chain
+from celery.canvas import Signature
+
+from mao_celery.models import RunReport
+from mao_celery.registry import Registry
+from mao_celery.runs import RunStore
+from mao_celery.settings import Settings
+
+PREPARE_DATASET = "mao.prepare_dataset"
+RUN_CONTAINER = "mao.run_container"
+DETECT_SPIKE = "mao.detect_spike"
+PUBLISH_NOTIFICATION = "mao.publish_notification"
+RUN_STEPS = (PREPARE_DATASET, RUN_CONTAINER, DETECT_SPIKE, PUBLISH_NOTIFICATION)
+"""The tasks of a run, in order (design.md §4)."""
+
+
+def lock_ttl_s(conf: Settings) -> float:
+    """How long a tool's lock may outlive a dead worker: a redelivery after the broker's
+    visibility timeout, then a whole container run, plus 5 minutes."""
+    return conf.visibility_timeout_s + conf.run_timeout_s + 300.0
+
+
+def run_chain(app: Celery, report: RunReport) -> Signature:
+    """The chain of tasks that performs the run `report` (queued)."""
+    first, *rest = RUN_STEPS
+    state = report.model_dump(mode="json")
+    return chain(app.signature(first, args=(state,)), *(app.signature(name) for name in rest))
+
+
+def start_run(
+    app: Celery, tool: str, *, conf: Settings, registry: Registry, runs: RunStore
+) -> RunReport:
+    """Queue a run of `tool`: record it, take the tool's lock, send the chain to the workers.
+
+    Raises:
+        NotFound: the tool is not registered.
+        AlreadyRunning: a run of the tool is under way on this node.
+        ServiceUnavailable: etcd or Redis did not answer.
+    """
+    registry.tools.get(tool)
+    report = RunReport(
+        run_id=uuid.uuid4().hex, tool=tool, node=conf.node_id, timeout_s=conf.run_timeout_s
+    )
+    runs.begin(report, lock_ttl_s(conf))
+    run_chain(app, report).apply_async()
+    return report

@@ -1,0 +1,131 @@
+"""The end of a node's shutdown grace period: interrupt the runs still in their containers.
+
+`worker.sh` sends the worker SIGTERM (Celery's warm shutdown: no new tasks, running ones go on)
+and waits `MAO_SHUTDOWN_GRACE_S` seconds. A run whose container outlives that is ended here:
+its report is marked interrupted (which releases the tool's lock), then its container is stopped
+but kept, so the task waiting on it reads its exit code, finds the run interrupted and removes the
+container. Run as `python -m mao_celery.shutdown --grace-s N` with the node's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import docker
+import requests
+
+from mao_celery import containers
+from mao_celery.exceptions import MaoError, NotFound, ServiceUnavailable
+from mao_celery.models import RunStatus, utcnow
+from mao_celery.runs import RunStore
+from mao_celery.settings import load_settings
+
+STOP_TIMEOUT_S = 10.0
+"""Seconds between the SIGTERM and the SIGKILL that stop a container (Docker's default)."""
+
+
+def interrupt_running_runs(
+    client: docker.DockerClient,
+    runs: RunStore,
+    grace_s: float,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+) -> list[str]:
+    """Mark interrupted every unfinished run of this node whose container is running, then stop
+    those containers (SIGTERM, SIGKILL after `stop_timeout_s` seconds, default 10) without
+    removing them.
+
+    Runs are those of the containers labelled `mao.run_id` on the Docker daemon of `client` that
+    `runs` knows; a container whose run is unknown there belongs to another node sharing the
+    daemon and is left alone, as is one whose run has already ended. `grace_s` (seconds) is only
+    quoted in the runs' error.
+
+    Returns:
+        The ids of the runs interrupted.
+
+    Raises:
+        ServiceUnavailable: the Docker daemon or Redis did not answer.
+    """
+    try:
+        running = client.containers.list(
+            filters={"label": containers.LABEL_RUN_ID}, ignore_removed=True
+        )
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+        raise ServiceUnavailable("Docker", client.api.base_url, " ".join(str(e).split())) from e
+    error = (
+        "interrupted: the node shut down; the container was stopped after a grace period "
+        f"of {grace_s:g} s"
+    )
+    interrupted: list[str] = []
+    for container in running:
+        run_id = container.labels[containers.LABEL_RUN_ID]
+        try:
+            report = runs.get(run_id)
+        except NotFound:
+            continue
+        if report.status.terminal:
+            continue
+        runs.save(
+            report.model_copy(
+                update={
+                    "status": RunStatus.INTERRUPTED,
+                    "error": error,
+                    "finished_at": utcnow(),
+                }
+            )
+        )
+        interrupted.append(run_id)
+    if interrupted:
+        containers.stop_run_containers(client, run_ids=interrupted, timeout_s=stop_timeout_s)
+    return interrupted
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Interrupt this node's running runs (see `interrupt_running_runs`) and print one line.
+
+    Returns the exit code: 0 done, 3 Docker or Redis did not answer, 1 any other MAO error.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m mao_celery.shutdown", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--grace-s", type=float, required=True, help="the grace period that ran out, in seconds"
+    )
+    args = parser.parse_args(argv)
+    try:
+        interrupted = interrupt_node_runs(args.grace_s)
+    except MaoError as e:
+        print(f"shutdown: could not interrupt the running runs: {e}", file=sys.stderr)
+        return 3 if isinstance(e, ServiceUnavailable) else 1
+    if interrupted:
+        print(
+            f"shutdown: interrupted {len(interrupted)} run(s), their containers stopped:",
+            *interrupted,
+        )
+    else:
+        print("shutdown: no run of this node had a running container")
+    return 0
+
+
+def interrupt_node_runs(grace_s: float) -> list[str]:
+    """`interrupt_running_runs` with the clients of the node configured by the environment.
+
+    Raises:
+        ServiceUnavailable: the Docker daemon or Redis did not answer.
+        InvalidInput: the node's configuration is invalid.
+    """
+    conf = load_settings()
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException as e:
+        raise ServiceUnavailable("Docker", "the local daemon", str(e).splitlines()[0]) from e
+    runs = RunStore.from_url(conf.redis_url, conf.run_history)
+    try:
+        return interrupt_running_runs(client, runs, grace_s)
+    finally:
+        runs.close()
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

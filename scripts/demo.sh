@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The main job on one node: set the node up, start its worker and beat (worker.sh), build the demo
+# tool's image, register the demo tool with a local data repository, run it and print the report,
+# which shows a spike, and the notification published for it. Idempotent: run it again for another run.
+#
+# Environment: MAO_DEMO_BASE_IMAGE (default mao-base:bookworm, the local base image set-up builds;
+# python:3.12-slim where a registry is reachable), and the node's MAO_* settings (see README).
+# Stop the node afterwards with scripts/stop.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VAR=$PWD/var
+DEMO_IMAGE=mao-demo:latest
+DEMO_REPO=$VAR/demo/demo-data.git
+BASE_IMAGE=${MAO_DEMO_BASE_IMAGE:-mao-base:bookworm}
+export MAO_TOOL_NETWORK=${MAO_TOOL_NETWORK:-none}
+
+say() { printf '[demo] %s\n' "$*"; }
+
+bash scripts/setup.sh
+PATH=$PWD/.venv/bin:$PATH
+
+node_running() {
+  [[ -f $VAR/run/node.pid ]] && kill -0 "$(<"$VAR/run/node.pid")" 2>/dev/null
+}
+if node_running; then
+  say "node: worker and beat already running (pid $(<"$VAR/run/node.pid"))"
+else
+  say "node: starting worker and beat with worker.sh (log var/log/node.log)"
+  # shellcheck disable=SC2016 # $$ and $@ belong to the inner bash
+  setsid bash -c 'echo $$ >"$0" && exec "$@"' "$VAR/run/node.pid" ./worker.sh all \
+    </dev/null >"$VAR/log/node.log" 2>&1 &
+fi
+
+say "image $DEMO_IMAGE: building from demo_tool/ on $BASE_IMAGE"
+docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$DEMO_IMAGE" demo_tool >/dev/null
+
+if [[ ! -d $DEMO_REPO ]]; then
+  say "data repository: creating $DEMO_REPO"
+  work=$(mktemp -d)
+  git init -q --bare "$DEMO_REPO"
+  git clone -q "$DEMO_REPO" "$work/data" 2>/dev/null
+  printf '# MAO demo data\nThe demo tool adds its snapshots here.\n' >"$work/data/README.md"
+  git -C "$work/data" add README.md
+  git -C "$work/data" -c user.name="MAO demo" -c user.email=demo@localhost commit -q -m "Demo data"
+  git -C "$work/data" push -q origin HEAD
+  rm -rf "$work"
+fi
+
+if maoctl tool get demo >/dev/null 2>&1; then
+  say "tool demo: already registered"
+else
+  maoctl tool add demo "MAO demo" "$DEMO_IMAGE" "file://$DEMO_REPO" \
+    https://example.org/mao/demo-tool csv --description "Mock collector that trips the spike rule"
+fi
+maoctl tool get demo
+
+say "running the demo tool"
+maoctl tool run demo
+maoctl notifications list --tool demo
+say "done: the node keeps running (maoctl status); stop it with scripts/stop.sh"
