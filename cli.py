@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -210,6 +211,7 @@ def tool_add(
 @click.argument("name")
 def tool_remove(name: str) -> None:
     """Remove tool NAME from the registry (its local data directory is kept)."""
+    unschedule(name)
     registry().tools.remove(name)
     click.echo(f"tool {name} removed")
 
@@ -432,13 +434,145 @@ def dataset_list_local(as_json: bool) -> None:
 
     local = datasets.list_local(settings().importdir)
     if as_json:
-        print_json([vars(item) | {"path": str(item.path)} for item in local])
+        print_json([asdict(item) | {"path": str(item.path)} for item in local])
     else:
         print_table(
             "Local datasets",
             ("name", "path", "git", "head", "remote"),
             ((d.name, d.path, "yes" if d.is_git else "no", d.head, d.remote) for d in local),
         )
+
+
+# ---- schedules -------------------------------------------------------------------------------
+
+
+def beat_app() -> Any:
+    """A Celery app whose RedBeat settings locate this node's schedules (celery is untyped)."""
+    from mao_celery.celery_app import create_app
+
+    return create_app(settings())
+
+
+def unschedule(name: str) -> None:
+    """Remove tool NAME's schedule on this node, if it has one (for `tool remove`)."""
+    from mao_celery import schedules
+
+    try:
+        schedules.remove(beat_app(), name)
+    except errors.NotFound:
+        return
+
+
+@tool.command("schedule")
+@click.argument("name")
+@click.argument("period", required=False, type=click.Choice(["daily", "weekly"]))
+@click.option("--at", metavar="HH:MM", help="With daily/weekly: run at this time of day.")
+@click.option("--day", metavar="mon..sun", help="With weekly --at: the day (default mon).")
+@click.option("--tz", metavar="Area/City", help="Time zone of --at (default UTC).")
+@click.option("--cron", metavar='"m h dom mon dow"', help="A cron expression, in UTC.")
+@click.option("--every-s", type=float, hidden=True, help="Every SECONDS (for tests).")
+def tool_schedule(
+    name: str,
+    period: str | None,
+    at: str | None,
+    day: str | None,
+    tz: str | None,
+    cron: str | None,
+    every_s: float | None,
+) -> None:
+    """Run tool NAME periodically on this node's workers (needs `celery beat` running).
+
+    \b
+    daily / weekly       every 24 h / 7 days, counted from now
+    daily --at 06:30     each day at 06:30 (weekly: on --day, default mon)
+    --cron "0 6 * * 1-5" a cron expression (minute hour day-of-month month day-of-week)
+
+    Times are UTC unless --tz names a zone (e.g. Europe/Paris). RedBeat stores cron fields
+    without a time zone, so --at is converted to UTC when the schedule is created (with the
+    offset in force then): after a daylight-saving change the run happens an hour earlier or
+    later in local time; schedule the tool again to follow it. `schedule list` shows both.
+
+    A tool has at most one schedule: scheduling it again replaces the old one.
+    """
+    from mao_celery import schedules
+
+    spec = schedules.make_spec(period, at=at, day=day, tz=tz, cron=cron, every_s=every_s)
+    registry().tools.get(name)
+    done = schedules.add(beat_app(), name, spec)
+    if done.replaced is not None:
+        click.echo(f"tool {name}: replaced its schedule ({done.replaced})")
+    next_run = f"{schedules.next_run_at(done.entry):%Y-%m-%d %H:%M:%S} UTC"
+    click.echo(f"tool {name} scheduled {spec.description}; next run {next_run}")
+
+
+@main.group("schedule", cls=MaoGroup)
+def schedule_group() -> None:
+    """List and remove the tool schedules of this node."""
+
+
+@schedule_group.command("list")
+@json_option
+def schedule_list(as_json: bool) -> None:
+    """List this node's tool schedules with their next run and the tool's last result.
+
+    Times are UTC; --at times given in another zone were converted to UTC when scheduled.
+    """
+    from mao_celery import schedules
+    from mao_celery.runs import RunStore
+
+    conf = settings()
+    infos = schedules.list_schedules(beat_app(), RunStore.from_url(conf.redis_url))
+    if as_json:
+        print_json(infos)
+        return
+    print_table(
+        "Schedules (times in UTC)",
+        ("tool", "schedule", "next run", "last run", "last result"),
+        (
+            (
+                i.tool,
+                i.schedule,
+                f"{i.next_run_at:%Y-%m-%d %H:%M:%S}",
+                f"{i.last_run_at:%Y-%m-%d %H:%M:%S}" if i.last_run_at else "never",
+                i.last_result,
+            )
+            for i in infos
+        ),
+    )
+
+
+@schedule_group.command("remove")
+@click.argument("name")
+def schedule_remove(name: str) -> None:
+    """Remove tool NAME's schedule (a run under way goes on)."""
+    from mao_celery import schedules
+
+    schedules.remove(beat_app(), name)
+    click.echo(f"schedule of tool {name} removed")
+
+
+# ---- members ---------------------------------------------------------------------------------
+
+
+@main.command()
+@json_option
+def members(as_json: bool) -> None:
+    """List the live members of the federation (nodes whose heartbeat lease has not expired)."""
+    found, invalid = registry().members()
+    warn_invalid(invalid)
+    show_entries(
+        found,
+        as_json,
+        "Members",
+        ("node", "host", "version", "started", "last seen"),
+        lambda m: (
+            m.node_id,
+            m.hostname,
+            m.version,
+            f"{m.started_at:%Y-%m-%d %H:%M:%S}",
+            f"{m.last_seen:%Y-%m-%d %H:%M:%S}",
+        ),
+    )
 
 
 # ---- node ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import git
+from git.util import remove_password_if_present
 
 from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
 from mao_celery.models import NAME_RE, validate_git_url, validate_name
@@ -31,7 +32,7 @@ _REFUSED_MARKERS = ("not allowed", "not supported", "unable to find remote helpe
 SHORT_SHA_LEN = 12
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LocalDataset:
     """A directory directly under importdir, as `maoctl dataset list-local` shows it.
 
@@ -65,7 +66,7 @@ def clone(url: str, dest: Path, *, timeout_s: float = 600.0) -> Path:
     if os.path.lexists(dest):
         raise AlreadyExists(f"{dest} already exists: use --update to fast-forward it")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".clone-{dest.name}-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".clone-{dest.name}-", dir=dest.parent.absolute()))
     try:
         _git(["clone", "--", url, str(tmp)], cwd=dest.parent, endpoint=url, timeout_s=timeout_s)
         tmp.rename(dest)
@@ -157,6 +158,8 @@ def _run(args: list[str], *, cwd: Path, timeout_s: float) -> tuple[int, str, str
 def _git(args: list[str], *, cwd: Path, endpoint: str, timeout_s: float) -> str:
     """Run one hardened git command that talks to `endpoint`; return its stdout.
 
+    Errors show `endpoint` with any password in it masked.
+
     Raises:
         InvalidInput: git refused the URL (e.g. a transport that is not allowed).
         ServiceUnavailable: any other failure, with git's last stderr line.
@@ -165,9 +168,10 @@ def _git(args: list[str], *, cwd: Path, endpoint: str, timeout_s: float) -> str:
     if status == 0:
         return stdout
     detail = _last_line(stderr)
+    [shown] = remove_password_if_present([endpoint])
     if any(marker in detail for marker in _REFUSED_MARKERS):
-        raise InvalidInput(f"git refused the URL {endpoint!r}: {detail}")
-    raise ServiceUnavailable("git", endpoint, detail)
+        raise InvalidInput(f"git refused the URL {shown!r}: {detail}")
+    raise ServiceUnavailable("git", shown, detail)
 
 
 def _last_line(text: str) -> str:

@@ -1,4 +1,4 @@
-"""datasets.py against real git repositories in tmp_path (bare upstream + work clone that pushes)."""
+"""datasets.py against real git repositories in tmp_path: a bare upstream and a work clone."""
 
 from __future__ import annotations
 
@@ -152,6 +152,29 @@ def test_clone_that_times_out_is_killed_and_leaves_nothing(importdir: Path) -> N
     assert listing(importdir) == []
 
 
+def test_clone_into_relative_dest(
+    upstream: Upstream, importdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(importdir.parent)
+
+    datasets.clone(str(upstream.bare), Path(importdir.name) / "weather")
+
+    assert (importdir / "weather" / "control-1.csv").read_text() == "10\n"
+    assert listing(importdir) == ["weather"]
+
+
+def test_unreachable_remote_error_masks_the_password(importdir: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+    # The port is closed again: the connection is refused.
+    with pytest.raises(ServiceUnavailable) as caught:
+        datasets.clone(f"http://user:s3cret@127.0.0.1:{port}/data.git", importdir / "web")
+
+    assert "s3cret" not in str(caught.value)
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    assert listing(importdir) == []
+
+
 @pytest.mark.parametrize(
     "url_template",
     [
@@ -231,11 +254,12 @@ def test_update_with_unreachable_remote_is_service_unavailable(
         datasets.update(dest)
 
 
-def test_update_refuses_helper_url_planted_in_clone_config(
+def test_update_refuses_helper_url_planted_in_clone(
     upstream: Upstream, importdir: Path, marker: Path, script: Path
 ) -> None:
     dest = datasets.clone(str(upstream.bare), importdir / "weather")
     run_git("config", "remote.origin.url", f"ext::{script}", cwd=dest)
+    run_git("config", "protocol.ext.allow", "always", cwd=dest)
 
     with pytest.raises(InvalidInput, match="not allowed"):
         datasets.update(dest)
@@ -243,14 +267,17 @@ def test_update_refuses_helper_url_planted_in_clone_config(
     assert not marker.exists()
 
 
-def test_update_runs_no_hook_or_fsmonitor_planted_in_clone(
-    upstream: Upstream, importdir: Path, marker: Path, script: Path
+@pytest.mark.parametrize("plant", ["post_merge_hook", "fsmonitor"])
+def test_update_runs_no_command_planted_in_clone(
+    upstream: Upstream, importdir: Path, marker: Path, script: Path, plant: str
 ) -> None:
     dest = datasets.clone(str(upstream.bare), importdir / "weather")
-    hook = dest / ".git" / "hooks" / "post-merge"
-    hook.write_text(script.read_text())
-    hook.chmod(0o755)
-    run_git("config", "core.fsmonitor", str(script), cwd=dest)
+    if plant == "post_merge_hook":
+        hook = dest / ".git" / "hooks" / "post-merge"
+        hook.write_text(script.read_text())
+        hook.chmod(0o755)
+    else:
+        run_git("config", "core.fsmonitor", str(script), cwd=dest)
     sha = upstream.push_file("control-2.csv", "11\n")
 
     assert datasets.update(dest) == sha
