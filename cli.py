@@ -414,8 +414,7 @@ def dataset_clone(name: str, update: bool) -> None:
     """Clone dataset NAME into importdir/NAME (or fast-forward it with --update)."""
     from mao_celery import datasets
 
-    conf = settings()
-    dest = conf.importdir / name
+    dest = datasets.local_path(settings().importdir, name)
     if update:
         head = datasets.update(dest)
         click.echo(f"dataset {name} updated to {head[:12]} in {dest}")

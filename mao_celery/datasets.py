@@ -47,6 +47,18 @@ class LocalDataset:
     remote: str | None
 
 
+def local_path(importdir: Path, name: str) -> Path:
+    """The data directory of dataset or tool `name`: `importdir/<name>`.
+
+    Raises:
+        InvalidInput: `name` is not a valid name (design.md §3), e.g. `../x`.
+    """
+    try:
+        return importdir / validate_name(name)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from e
+
+
 def clone(url: str, dest: Path, *, timeout_s: float = 600.0) -> Path:
     """Clone `url` into `dest` atomically; return `dest`.
 

@@ -59,7 +59,7 @@ class Etcd:
         self.client = pyetcd.MultiEndpointEtcd3Client(
             endpoints=[self._endpoint(e) for e in self.endpoints],
             timeout=timeout_s,
-            failover=len(self.endpoints) > 1,
+            failover=True,
         )
 
     @staticmethod

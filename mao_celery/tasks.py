@@ -99,12 +99,12 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
     if report.status in TERMINAL_STATUSES:
         return state
     ctx = node()
-    stored = ctx.runs.get(report.run_id)
-    if task.name in stored.steps_done or stored.status in TERMINAL_STATUSES:
-        return stored.model_dump(mode="json")
-    report.status = status
-    ctx.runs.save(report)
     try:
+        stored = ctx.runs.get(report.run_id)
+        if task.name in stored.steps_done or stored.status in TERMINAL_STATUSES:
+            return stored.model_dump(mode="json")
+        report.status = status
+        ctx.runs.save(report)
         report = work(ctx, report)
     except ServiceUnavailable as e:
         if task.request.retries < STEP_RETRIES:
@@ -125,7 +125,7 @@ def prepare(ctx: Node, report: RunReport) -> RunReport:
     """Read the tool from the registry and clone its data repository on first use."""
     tool = ctx.registry.tools.get(report.tool)
     conf = ctx.settings
-    data_dir = conf.importdir / tool.name
+    data_dir = datasets.local_path(conf.importdir, tool.name)
     datasets.ensure_clone(tool.data_repo, data_dir)
     return report.model_copy(
         update={

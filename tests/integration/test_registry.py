@@ -7,7 +7,6 @@ import logging
 import random
 import re
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -26,14 +25,6 @@ STARTED_AT = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 RETENTION_S = 3600
 MEMBER_TTL_S = 2
 MEMBER_GONE_WITHIN_S = 6.0
-
-
-@pytest.fixture
-def registry(node: NodeUnderTest) -> Iterator[Registry]:
-    """The registry of the test's node (its own etcd prefix), closed at teardown."""
-    reg = node.registry()
-    yield reg
-    reg.etcd.close()
 
 
 def make_tool(name: str, author: str = "tester") -> Tool:
@@ -273,7 +264,9 @@ def test_an_unreachable_etcd_raises_service_unavailable_on_every_call(
 def test_a_registry_on_three_members_fails_over_when_its_member_stops(
     etcd_cluster: EtcdCluster, etcd_prefix: str
 ) -> None:
-    settings = load_settings(etcd_endpoints=",".join(etcd_cluster.endpoints), etcd_prefix=etcd_prefix)
+    settings = load_settings(
+        etcd_endpoints=",".join(etcd_cluster.endpoints), etcd_prefix=etcd_prefix
+    )
     registry = connect(settings)
     try:
         before = make_dataset("before")
