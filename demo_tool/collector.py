@@ -26,7 +26,7 @@ def next_index(data_dir: pathlib.Path) -> int:
 def main() -> None:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     first = next_index(DATA_DIR)
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    stamp = datetime.datetime.now(datetime.UTC).isoformat()
     rows = ["snapshot,collected_at,value"]
     for offset, value in enumerate(SNAPSHOT_VALUES):
         index = first + offset

@@ -69,7 +69,7 @@ class ScheduleInfo(BaseModel):
 
     tool: str
     schedule: str
-    next_run_at: datetime | None
+    next_run_at: datetime
     last_run_at: datetime | None
     last_result: str | None
 
@@ -214,7 +214,9 @@ def make_spec(
     period_s = PERIOD_S[period]
     if at is None:
         every = "24 h" if period == "daily" else "7 days"
-        return ScheduleSpec(schedule(timedelta(seconds=period_s)), f"{period}, every {every}", period_s)
+        return ScheduleSpec(
+            schedule(timedelta(seconds=period_s)), f"{period}, every {every}", period_s
+        )
     hour, minute = parse_at(at)
     tz_name = tz or "UTC"
     weekday = (day or "mon").lower() if period == "weekly" else None
@@ -268,14 +270,15 @@ def add(app: Celery, tool: str, spec: ScheduleSpec) -> Scheduled:
         last_run_at=app.now(),
         app=app,
     )
+    replaced = None
     with _redis_errors(app):
-        client = get_redis(app)
         previous = _load(app, tool)
         if previous is not None:
+            replaced = _description(app, previous)
             previous.delete()
         entry.save()
-        client.hset(entry.key, SPEC_FIELD, json.dumps({"description": spec.description}))
-    return Scheduled(entry, None if previous is None else _description(app, previous))
+        get_redis(app).hset(entry.key, SPEC_FIELD, json.dumps({"description": spec.description}))
+    return Scheduled(entry, replaced)
 
 
 def remove(app: Celery, tool: str) -> None:
@@ -312,12 +315,24 @@ def list_schedules(app: Celery, runs: RunStore) -> list[ScheduleInfo]:
                 ScheduleInfo(
                     tool=tool,
                     schedule=_description(app, entry),
-                    next_run_at=entry.due_at,
+                    next_run_at=next_run_at(entry),
                     last_run_at=entry.last_run_at if entry.total_run_count else None,
                     last_result=describe_result(newest[0]) if newest else None,
                 )
             )
     return infos
+
+
+def next_run_at(entry: RedBeatSchedulerEntry) -> datetime:
+    """When `entry` is next due (UTC, to the second; now when it is overdue).
+
+    RedBeat's own `due_at` adds the time remaining *now* to the last run, which is early by
+    the time elapsed since that run for a crontab; this adds it to now.
+    """
+    now: datetime = entry.app.now()
+    remaining: timedelta = entry.schedule.remaining_estimate(entry.last_run_at)
+    due = now + max(remaining, timedelta(0)) + timedelta(seconds=0.5)
+    return due.replace(microsecond=0)
 
 
 def _key(app: Celery, tool: str) -> str:
