@@ -50,7 +50,8 @@ def create_app(settings: Settings) -> Celery:
         beat_schedule=BEAT_SCHEDULE,
         beat_scheduler="redbeat.RedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
-        redbeat_key_prefix="mao:beat",
+        redbeat_key_prefix="mao:beat:",
+        redbeat_redis_options={},
         # A beat killed without releasing its lock blocks a restarted or second beat for at most
         # the lock's timeout; the holder extends it on every tick (at most 5 s apart).
         redbeat_lock_timeout=BEAT_LOCK_TIMEOUT_S,

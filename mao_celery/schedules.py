@@ -9,7 +9,10 @@ RedBeat keeps each entry in a Redis hash (fields `definition` and `meta`); we ad
 entry deletes the hash, and the spec with it.
 
 Runs missed while beat was down are not replayed one by one: on restart an overdue entry fires
-once, and its next run counts from then.
+once, and its next run counts from then (measured: every 3 s, node down 12 s -> 1 run at once,
+the next 3 s later). While beat runs but no worker does, the fired tasks queue up; those of a
+daily, weekly or interval schedule expire after one period, so a returning worker finds at most
+one (a cron entry's do not expire; the tool's lock makes the extra ones skip while it runs).
 """
 
 from __future__ import annotations

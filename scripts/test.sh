@@ -14,7 +14,7 @@ echo "[test] ruff format --check"
 ruff format --check .
 
 typed=()
-for target in mao_celery cli.py beat_schedule.py; do
+for target in mao_celery cli.py beat_schedule.py tests bench; do
   [[ -e $target ]] && typed+=("$target")
 done
 if ((${#typed[@]})); then

@@ -291,7 +291,7 @@ def test_two_nodes_see_the_same_registry(node: NodeUnderTest) -> None:
 
 
 def test_a_dataset_is_cloned_then_fast_forwarded(
-    node: NodeUnderTest, make_data_repo: Callable[[str], str]
+    node: NodeUnderTest, make_data_repo: Callable[..., str]
 ) -> None:
     url = make_data_repo("weather")
     clone = node.importdir / "weather"
@@ -359,7 +359,7 @@ def test_a_hostile_url_written_by_another_client_is_never_cloned(
 
 
 def test_clone_update_refuses_a_name_that_leaves_importdir(
-    node: NodeUnderTest, make_data_repo: Callable[[str], str], tmp_path: Path
+    node: NodeUnderTest, make_data_repo: Callable[..., str], tmp_path: Path
 ) -> None:
     url = make_data_repo("outside")
     outside = tmp_path / "outside"  # importdir/../outside

@@ -41,7 +41,7 @@ def run_containers(docker_client: docker.DockerClient, run_id: str) -> list[str]
 
 
 def test_demo_run_reports_a_spike_and_publishes_one_notification(
-    node: NodeUnderTest, demo_image: str, make_data_repo: Callable[[str], str]
+    node: NodeUnderTest, demo_image: str, make_data_repo: Callable[..., str]
 ) -> None:
     node.start_worker()
     register(node, "demo", demo_image, make_data_repo("demo"))
@@ -65,7 +65,7 @@ def test_demo_run_reports_a_spike_and_publishes_one_notification(
 
 
 def test_the_report_for_people_names_the_spike(
-    node: NodeUnderTest, demo_image: str, make_data_repo: Callable[[str], str]
+    node: NodeUnderTest, demo_image: str, make_data_repo: Callable[..., str]
 ) -> None:
     node.start_worker()
     register(node, "demo", demo_image, make_data_repo("demo"))
@@ -82,7 +82,7 @@ def test_the_report_for_people_names_the_spike(
 
 
 def test_a_tool_exiting_3_fails_the_run_with_its_log_tail(
-    node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[[str], str]
+    node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[..., str]
 ) -> None:
     node.start_worker()
     image = tool_image("echo collecting; echo 'upstream API said no' >&2; exit 3")
@@ -103,7 +103,7 @@ def test_a_tool_exiting_3_fails_the_run_with_its_log_tail(
 def test_a_tool_running_past_its_timeout_is_killed(
     node: NodeUnderTest,
     tool_image: Callable[[str], str],
-    make_data_repo: Callable[[str], str],
+    make_data_repo: Callable[..., str],
     docker_client: docker.DockerClient,
 ) -> None:
     node.start_worker()
@@ -121,7 +121,7 @@ def test_a_tool_running_past_its_timeout_is_killed(
 
 
 def test_a_missing_image_fails_the_run_naming_the_image(
-    node: NodeUnderTest, make_data_repo: Callable[[str], str]
+    node: NodeUnderTest, make_data_repo: Callable[..., str]
 ) -> None:
     node.start_worker()
     # A loopback registry that nobody serves: the one pull attempt stays on this machine.
@@ -136,7 +136,7 @@ def test_a_missing_image_fails_the_run_naming_the_image(
 
 
 def test_a_tool_writing_no_control_file_gets_a_compliance_warning(
-    node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[[str], str]
+    node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[..., str]
 ) -> None:
     node.start_worker()
     register(node, "quiet", tool_image("echo 1 > /usr/src/app/data/data.csv"), make_data_repo())
@@ -152,7 +152,7 @@ def test_a_tool_writing_no_control_file_gets_a_compliance_warning(
 
 
 def test_a_second_run_of_a_running_tool_is_refused(
-    node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[[str], str]
+    node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[..., str]
 ) -> None:
     node.start_worker()
     register(node, "busy", tool_image("sleep 4"), make_data_repo())
@@ -170,7 +170,7 @@ def test_a_second_run_of_a_running_tool_is_refused(
 
 
 def test_a_lock_left_by_a_dead_run_expires(
-    node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[[str], str]
+    node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[..., str]
 ) -> None:
     register(node, "stale", tool_image("true"), make_data_repo())
     runs = node.runs()
@@ -198,7 +198,7 @@ def test_a_worker_killed_mid_container_loses_nothing_and_doubles_nothing(
     node: NodeUnderTest,
     victim: str,
     tool_image: Callable[[str], str],
-    make_data_repo: Callable[[str], str],
+    make_data_repo: Callable[..., str],
     docker_client: docker.DockerClient,
 ) -> None:
     fast_redelivery = {"MAO_BROKER_VISIBILITY_TIMEOUT_S": "5"}
@@ -226,7 +226,7 @@ def test_a_worker_killed_mid_container_loses_nothing_and_doubles_nothing(
 def test_a_container_outliving_the_visibility_timeout_runs_once_and_notifies_once(
     node: NodeUnderTest,
     tool_image: Callable[[str], str],
-    make_data_repo: Callable[[str], str],
+    make_data_repo: Callable[..., str],
     docker_client: docker.DockerClient,
 ) -> None:
     node.start_worker(env={"MAO_BROKER_VISIBILITY_TIMEOUT_S": "2"}, concurrency=2)

@@ -1,0 +1,367 @@
+"""The node's processes, run for real: worker.sh (worker, beat, Flower), its shutdown, the member
+record's lease and the notification listener, against real Redis, etcd and Docker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from beat_schedule import HEARTBEAT_INTERVAL_S, NOTIFICATION_LISTENER_INTERVAL_S
+from mao_celery.containers import LABEL_RUN_ID
+from mao_celery.exceptions import NotFound
+from mao_celery.members import MEMBER_TTL_S
+from mao_celery.models import RunReport, RunStatus
+from mao_celery.shutdown import interrupt_running_runs
+from tests.fixtures.node import REPO_ROOT, WORKER_READY_TIMEOUT_S, NodeUnderTest
+from tests.fixtures.services import LOOPBACK, free_ports
+from tests.integration.test_runs import register, run_containers, wait_for
+
+pytestmark = pytest.mark.integration
+
+WORKER_SH = REPO_ROOT / "worker.sh"
+READY_LINES = {
+    "all": (" ready.", "beat: Starting..."),
+    "worker": (" ready.",),
+    "flower": ("Visit me at",),
+}
+SPIKE_TOOL = (
+    "echo 100 > /usr/src/app/data/control-1.csv; echo 100 > /usr/src/app/data/control-2.csv; "
+    "echo 200 > /usr/src/app/data/control-3.csv"
+)
+FLOWER_USER = "mao"
+RUN_TASKS = {"mao.prepare_dataset", "mao.run_container", "mao.detect_spike",
+             "mao.publish_notification"}  # fmt: skip
+
+
+class Script:
+    """`worker.sh ROLE` running in a process group of its own, its output in `log_path`."""
+
+    def __init__(self, role: str, env: dict[str, str], log_path: Path, cwd: Path) -> None:
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(WORKER_SH), role],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout_s: float) -> None:
+        """Fail the test with the log unless `text` appears in it within `timeout_s` seconds."""
+        if not wait_until(lambda: text in self.log() or self.process.poll() is not None, timeout_s):
+            pytest.fail(f"{text!r} not logged in {timeout_s:g} s; log:\n{self.log()}")
+        if text not in self.log():
+            pytest.fail(f"worker.sh exited ({self.process.returncode}); log:\n{self.log()}")
+
+    def kill_group(self) -> None:
+        """SIGKILL worker.sh and every process it started (same process group), and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+StartScript = Callable[..., Script]
+
+
+@pytest.fixture
+def worker_sh(
+    node: NodeUnderTest, tmp_path: Path, docker_client: docker.DockerClient
+) -> Iterator[StartScript]:
+    """Start `worker.sh ROLE` from a directory outside the repository with the node's environment
+    (plus `env`) and wait until its processes are ready. Teardown kills what is left and removes
+    the containers of this node's runs."""
+    started: list[Script] = []
+
+    def start(role: str = "all", env: dict[str, str] | None = None) -> Script:
+        log_path = tmp_path / f"worker-sh-{role}-{uuid.uuid4().hex[:6]}.log"
+        script = Script(role, node.env | (env or {}), log_path, cwd=tmp_path)
+        started.append(script)
+        for line in READY_LINES[role]:
+            script.wait_for_log(line, WORKER_READY_TIMEOUT_S)
+        return script
+
+    yield start
+    for script in started:
+        script.kill_group()
+    runs = node.runs()
+    for container in docker_client.containers.list(all=True, filters={"label": LABEL_RUN_ID}):
+        with contextlib.suppress(NotFound):
+            runs.get(container.labels[LABEL_RUN_ID])
+            container.remove(force=True)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.2) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout_s` seconds pass (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def member_ids(node: NodeUnderTest) -> list[str]:
+    result = node.maoctl("members", "--json")
+    assert result.returncode == 0, result.stderr
+    return [member["node_id"] for member in json.loads(result.stdout)]
+
+
+def start_running(
+    node: NodeUnderTest, docker_client: docker.DockerClient, tool: str
+) -> tuple[str, str]:
+    """Start a run of `tool` and wait until its container runs; return run id and container."""
+    result = node.maoctl("tool", "run", tool, "--no-wait")
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip()
+    assert wait_until(lambda: bool(running_containers(docker_client, run_id)), 30)
+    return run_id, running_containers(docker_client, run_id)[0]
+
+
+def running_containers(docker_client: docker.DockerClient, run_id: str) -> list[str]:
+    return [
+        c.name for c in docker_client.containers.list(filters={"label": f"mao.run_id={run_id}"})
+    ]
+
+
+def test_worker_sh_joins_the_federation_and_leaves_it_on_sigterm(
+    node: NodeUnderTest, worker_sh: StartScript
+) -> None:
+    script = worker_sh("all")
+    ready = time.monotonic()
+
+    assert wait_until(lambda: member_ids(node) == ["node-a"], HEARTBEAT_INTERVAL_S + 5)
+    joined_s = time.monotonic() - ready
+    members = json.loads(node.maoctl("members", "--json").stdout)
+    table = node.maoctl("members", env={"COLUMNS": "200"}).stdout
+    script.process.send_signal(signal.SIGTERM)
+
+    assert script.process.wait(timeout=30) == 0, script.log()
+    assert member_ids(node) == []
+    assert joined_s <= HEARTBEAT_INTERVAL_S + 5
+    assert set(members[0]) == {"node_id", "hostname", "version", "started_at", "last_seen"}
+    assert "node-a" in table
+    assert "last seen" in table
+    log = script.log()
+    assert "[worker.sh] stopping the worker" in log
+    assert "[worker.sh] stopping beat" in log
+    assert "[worker.sh] stopped" in log
+    assert "grace period" not in log
+
+
+def test_a_killed_node_leaves_the_federation_within_the_member_ttl(
+    node: NodeUnderTest, worker_sh: StartScript
+) -> None:
+    script = worker_sh("all")
+    assert wait_until(lambda: member_ids(node) == ["node-a"], HEARTBEAT_INTERVAL_S + 5)
+
+    script.kill_group()
+    killed = time.monotonic()
+    assert wait_until(lambda: member_ids(node) == [], MEMBER_TTL_S + 5, poll_s=0.5)
+    gone_s = time.monotonic() - killed
+
+    # Gone by the lease's expiry (at most one TTL after the last heartbeat), not by a revoke.
+    assert MEMBER_TTL_S - HEARTBEAT_INTERVAL_S - 3 <= gone_s <= MEMBER_TTL_S + 2, gone_s
+
+
+def test_a_run_outliving_the_grace_period_is_interrupted_and_its_lock_freed(
+    node: NodeUnderTest,
+    worker_sh: StartScript,
+    tool_image: Callable[[str], str],
+    make_data_repo: Callable[..., str],
+    docker_client: docker.DockerClient,
+) -> None:
+    register(node, "sleeper", tool_image("sleep 30"), make_data_repo("sleeper"))
+    script = worker_sh("worker", env={"MAO_SHUTDOWN_GRACE_S": "2"})
+    run_id, _ = start_running(node, docker_client, "sleeper")
+
+    signalled = time.monotonic()
+    script.process.send_signal(signal.SIGTERM)
+    code = script.process.wait(timeout=60)
+    stopped_s = time.monotonic() - signalled
+
+    assert code == 0, script.log()
+    assert stopped_s < 20, script.log()
+    report = node.runs().get(run_id)
+    assert report.status == RunStatus.INTERRUPTED
+    assert report.error == (
+        "interrupted: the node shut down; the container was stopped after a grace period of 2 s"
+    )
+    assert run_containers(docker_client, run_id) == []
+    assert node.runs().holder("sleeper") is None
+    again = node.maoctl("tool", "run", "sleeper", "--no-wait")
+    assert again.returncode == 0, again.stderr
+    log = script.log()
+    assert "[worker.sh] grace period of 2 s over" in log
+    assert f"shutdown: interrupted 1 run(s), their containers stopped: {run_id}" in log
+
+
+def test_shutdown_interrupts_only_unfinished_runs_of_this_node_and_keeps_their_containers(
+    node: NodeUnderTest, docker_client: docker.DockerClient, busybox_image: str
+) -> None:
+    runs = node.runs()
+    mine, ended, foreign = (uuid.uuid4().hex for _ in range(3))
+    for run_id, status in ((mine, RunStatus.RUNNING), (ended, RunStatus.SUCCEEDED)):
+        runs.save(RunReport(run_id=run_id, tool=f"t{run_id[:6]}", node="node-a", status=status))
+    started = [
+        docker_client.containers.run(
+            busybox_image,
+            ["sleep", "30"],
+            labels={LABEL_RUN_ID: run_id},
+            network_mode="none",
+            detach=True,
+        )
+        for run_id in (mine, ended, foreign)
+    ]
+    try:
+        interrupted = interrupt_running_runs(docker_client, runs, grace_s=7.5, stop_timeout_s=1)
+        statuses = []
+        for container in started:
+            container.reload()
+            statuses.append(container.status)
+    finally:
+        for container in started:
+            container.remove(force=True)
+
+    assert interrupted == [mine]
+    assert statuses == ["exited", "running", "running"]
+    report = runs.get(mine)
+    assert report.status == RunStatus.INTERRUPTED
+    assert report.error is not None
+    assert report.error.endswith("stopped after a grace period of 7.5 s")
+    assert report.finished_at is not None
+    assert runs.get(ended).status == RunStatus.SUCCEEDED
+
+
+def test_a_run_ending_within_the_grace_period_is_not_interrupted(
+    node: NodeUnderTest,
+    worker_sh: StartScript,
+    tool_image: Callable[[str], str],
+    make_data_repo: Callable[..., str],
+    docker_client: docker.DockerClient,
+) -> None:
+    register(node, "brief", tool_image(f"sleep 2; {SPIKE_TOOL}"), make_data_repo("brief"))
+    script = worker_sh("worker", env={"MAO_SHUTDOWN_GRACE_S": "20"})
+    run_id, _ = start_running(node, docker_client, "brief")
+
+    signalled = time.monotonic()
+    script.process.send_signal(signal.SIGTERM)
+    code = script.process.wait(timeout=60)
+    stopped_s = time.monotonic() - signalled
+
+    assert code == 0, script.log()
+    assert stopped_s < 15, script.log()
+    assert "grace period of 20 s over" not in script.log()
+    # The warm-stopped worker finished the container step; a worker started later runs the
+    # steps queued after it.
+    node.start_worker()
+    report = wait_for(node, run_id, lambda r: r.status.terminal)
+    assert report.status == RunStatus.SUCCEEDED, report.error
+    assert report.exit_code == 0
+    assert report.notification_key is not None
+
+
+def test_flower_lists_the_tasks_of_a_run_behind_basic_auth(
+    node: NodeUnderTest,
+    worker_sh: StartScript,
+    tool_image: Callable[[str], str],
+    make_data_repo: Callable[..., str],
+) -> None:
+    (port,) = free_ports(1)
+    password = uuid.uuid4().hex
+    flower = worker_sh(
+        "flower",
+        env={
+            "MAO_FLOWER_PORT": str(port),
+            "MAO_FLOWER_USER": FLOWER_USER,
+            "MAO_FLOWER_PASSWORD": password,
+        },
+    )
+    node.start_worker()
+    register(node, "spiky", tool_image(SPIKE_TOOL), make_data_repo("spiky"))
+    result = node.maoctl("tool", "run", "spiky", "--no-wait")
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip()
+    wait_for(node, run_id, lambda r: r.status.terminal)
+    url = f"http://{LOOPBACK}:{port}/api/tasks"
+
+    def run_task_names() -> set[str]:
+        tasks = requests.get(url, auth=(FLOWER_USER, password), timeout=5).json()
+        return {t["name"] for t in tasks.values() if run_id in str(t.get("args"))}
+
+    assert wait_until(lambda: run_task_names() == RUN_TASKS, 10), run_task_names()
+    assert requests.get(url, timeout=5).status_code == 401
+    assert requests.get(url, auth=(FLOWER_USER, "wrong"), timeout=5).status_code == 401
+    command_line = Path(f"/proc/{flower.process.pid}/cmdline").read_bytes()
+    assert b"flower" in command_line
+    assert password.encode() not in command_line
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"MAO_FLOWER_ADDRESS": "0.0.0.0"},
+            "refusing to serve Flower on 0.0.0.0 without basic auth",
+        ),
+        (
+            {"MAO_FLOWER_USER": FLOWER_USER},
+            "set both MAO_FLOWER_USER and MAO_FLOWER_PASSWORD",
+        ),
+    ],
+    ids=["beyond loopback without credentials", "user without password"],
+)
+def test_flower_refuses_to_start_without_the_auth_it_needs(
+    node: NodeUnderTest, env: dict[str, str], message: str
+) -> None:
+    result = subprocess.run(
+        [str(WORKER_SH), "flower"],
+        env=node.env | env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert message in result.stderr
+
+
+def test_the_listener_logs_a_spike_notification_of_the_federation(
+    node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[..., str]
+) -> None:
+    worker = node.start_worker()
+    node.start_beat()
+    register(node, "spiky", tool_image(SPIKE_TOOL), make_data_repo("spiky"))
+
+    result = node.maoctl("tool", "run", "spiky", "--json")
+    finished = time.monotonic()
+
+    assert result.returncode == 0, result.stderr
+    assert wait_until(
+        lambda: "spike: tool spiky on node node-a" in worker.log(),
+        NOTIFICATION_LISTENER_INTERVAL_S + 5,
+    ), worker.log()
+    assert time.monotonic() - finished <= NOTIFICATION_LISTENER_INTERVAL_S + 5
+    run_id = json.loads(result.stdout)["run_id"]
+    assert f"(run {run_id}," in worker.log()
