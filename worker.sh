@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Starts this node's Celery processes (design.md §1); runs from any directory.
+#
+#   worker.sh [all]    the worker and beat, two processes (the default)
+#   worker.sh worker   the worker only
+#   worker.sh beat     beat only (RedBeat; its lock keeps a second beat idle)
+#   worker.sh flower   Flower, the web monitor of the worker's tasks
+#
+# Environment, besides the node's MAO_* settings (mao_celery/settings.py):
+#   MAO_WORKER_CONCURRENCY  worker pool processes (default 2)
+#   MAO_SHUTDOWN_GRACE_S    seconds a stopping worker gets to finish its running tasks (default 60)
+#   MAO_FLOWER_ADDRESS, MAO_FLOWER_PORT     where Flower listens (default 127.0.0.1, 5555)
+#   MAO_FLOWER_USER, MAO_FLOWER_PASSWORD    Flower's basic auth, required beyond loopback; passed
+#                                           in Flower's environment, never on its command line
+#
+# Shutdown on SIGTERM or SIGINT: the worker gets SIGTERM (Celery's warm shutdown: no new tasks,
+# the running ones go on) and MAO_SHUTDOWN_GRACE_S seconds to exit. If it is still running, the
+# runs still in their containers are interrupted (python -m mao_celery.shutdown: marked
+# interrupted, their containers stopped) and the worker gets 30 s more, then SIGKILL. Beat gets
+# SIGTERM last. Exits 0; 1 on invalid settings or when the worker or beat ended by itself.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+CELERY=(.venv/bin/celery -A mao_celery.celery_app)
+CONCURRENCY=${MAO_WORKER_CONCURRENCY:-2}
+GRACE_S=${MAO_SHUTDOWN_GRACE_S:-60}
+AFTER_INTERRUPT_S=30
+BEAT_STOP_S=10
+WORKER_PID=
+BEAT_PID=
+PIDS=()
+STOPPING=false
+
+say() { printf '[worker.sh] %s\n' "$*"; }
+die() {
+  printf '[worker.sh] ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+# alive PID: the process exists and is not a zombie (the state follows the ")" closing its name).
+alive() {
+  local stat
+  [[ -n $1 ]] || return 1
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z ]]
+}
+
+# wait_exit PID SECONDS: succeeds once PID has exited; fails if it still runs after SECONDS.
+wait_exit() {
+  local deadline=$((SECONDS + $2))
+  while alive "$1"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+start_worker() {
+  "${CELERY[@]}" worker -l info -E -c "$CONCURRENCY" &
+  WORKER_PID=$!
+  PIDS+=("$WORKER_PID")
+  say "worker started (pid $WORKER_PID, concurrency $CONCURRENCY)"
+}
+
+start_beat() {
+  "${CELERY[@]}" beat -l info -S redbeat.RedBeatScheduler &
+  BEAT_PID=$!
+  PIDS+=("$BEAT_PID")
+  say "beat started (pid $BEAT_PID)"
+}
+
+stop_worker() {
+  alive "$WORKER_PID" || return 0
+  say "stopping the worker (pid $WORKER_PID): warm shutdown, running tasks get $GRACE_S s"
+  kill -TERM "$WORKER_PID" 2>/dev/null || true
+  wait_exit "$WORKER_PID" "$GRACE_S" && return 0
+  say "grace period of $GRACE_S s over: interrupting the runs still in their containers"
+  .venv/bin/python -m mao_celery.shutdown --grace-s "$GRACE_S" ||
+    say "interrupting the runs failed (see above); the worker gets $AFTER_INTERRUPT_S s anyway"
+  wait_exit "$WORKER_PID" "$AFTER_INTERRUPT_S" && return 0
+  say "the worker still runs $AFTER_INTERRUPT_S s later: SIGKILL"
+  kill -KILL "$WORKER_PID" 2>/dev/null || true
+}
+
+stop_beat() {
+  alive "$BEAT_PID" || return 0
+  say "stopping beat (pid $BEAT_PID)"
+  kill -TERM "$BEAT_PID" 2>/dev/null || true
+  wait_exit "$BEAT_PID" "$BEAT_STOP_S" && return 0
+  say "beat still runs $BEAT_STOP_S s later: SIGKILL"
+  kill -KILL "$BEAT_PID" 2>/dev/null || true
+}
+
+# supervise: waits for SIGTERM/SIGINT or for a process to end by itself, then stops the others.
+# (A signal interrupts `wait`, which then leaves `ended` unset.)
+supervise() {
+  local ended='' status=0
+  while ! $STOPPING && [[ -z ${ended:-} ]]; do
+    wait -n -p ended "${PIDS[@]}" || status=$?
+  done
+  if [[ -n ${ended:-} ]]; then
+    say "process $ended ended by itself (exit $status): stopping the node's other processes"
+  fi
+  stop_worker
+  stop_beat
+  say "stopped"
+  [[ -z ${ended:-} ]]
+}
+
+is_loopback() {
+  [[ $1 == localhost || $1 == ::1 || $1 =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]]
+}
+
+run_flower() {
+  local address=${MAO_FLOWER_ADDRESS:-127.0.0.1} port=${MAO_FLOWER_PORT:-5555}
+  local user=${MAO_FLOWER_USER:-} password=${MAO_FLOWER_PASSWORD:-} auth=off
+  if [[ ! $port =~ ^[1-9][0-9]{0,4}$ ]] || ((port > 65535)); then
+    die "MAO_FLOWER_PORT=$port is not a port number (1-65535)"
+  fi
+  unset FLOWER_BASIC_AUTH MAO_FLOWER_PASSWORD
+  if [[ -n $user || -n $password ]]; then
+    [[ -n $user && -n $password ]] ||
+      die "set both MAO_FLOWER_USER and MAO_FLOWER_PASSWORD for Flower's basic auth, or neither"
+    [[ $user != *[:,]* && $password != *,* ]] ||
+      die "MAO_FLOWER_USER may not contain ':' or ',', MAO_FLOWER_PASSWORD not ','; choose others"
+    export FLOWER_BASIC_AUTH=$user:$password
+    auth="user $user"
+  elif ! is_loopback "$address"; then
+    die "refusing to serve Flower on $address without basic auth: set MAO_FLOWER_USER and MAO_FLOWER_PASSWORD, or use a loopback address"
+  fi
+  say "Flower on http://$address:$port/ (basic auth: $auth)"
+  exec "${CELERY[@]}" flower --address="$address" --port="$port"
+}
+
+[[ -x .venv/bin/celery ]] || die "no .venv/bin/celery in $PWD; run scripts/setup.sh first"
+[[ $CONCURRENCY =~ ^[1-9][0-9]*$ ]] ||
+  die "MAO_WORKER_CONCURRENCY=$CONCURRENCY is not a positive whole number"
+[[ $GRACE_S =~ ^[0-9]+$ ]] || die "MAO_SHUTDOWN_GRACE_S=$GRACE_S is not a whole number of seconds"
+
+case ${1:-all} in
+  all | worker)
+    trap 'STOPPING=true' TERM INT
+    start_worker
+    [[ ${1:-all} == worker ]] || start_beat
+    supervise
+    ;;
+  beat) exec "${CELERY[@]}" beat -l info -S redbeat.RedBeatScheduler ;;
+  flower) run_flower ;;
+  *) die "unknown role '$1': use worker.sh [all|worker|beat|flower]" ;;
+esac
