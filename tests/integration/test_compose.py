@@ -26,7 +26,8 @@ from mao_celery.models import RunReport, RunStatus
 from tests.fixtures.node import BASE_IMAGE, REPO_ROOT
 from tests.fixtures.services import free_ports, require_binary
 
-pytestmark = pytest.mark.integration
+# One stack per run: every test of this module shares it, on one xdist worker.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("compose")]
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 NODE_IMAGE = "mao-node:test"
