@@ -5,13 +5,16 @@ Thin by design: parse, call the package, print. Imports of the package's heavier
 command pays only for what it uses (the one exception to "imports at the top", for start-up time).
 
 Exit codes: 0 ok; 1 not found, already exists, already running or invalid input; 2 usage;
-3 a service (etcd, Redis, Docker, git remote) is unreachable; 4 a tool run failed.
+3 a service (etcd, Redis, Docker, git remote) is unreachable; 4 a tool run failed;
+5 `tool run --wait-timeout-s` stopped waiting before the run ended.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +39,7 @@ EXIT_CODES: dict[type[errors.MaoError], int] = {
     errors.ServiceUnavailable: 3,
     errors.RunFailed: 4,
 }
+EXIT_STILL_RUNNING = 5
 
 
 def fail(error: errors.MaoError) -> NoReturn:
@@ -84,12 +88,14 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
     """Print a table for people (rich)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
+        # Text, not markup: registry values come from any member of the federation.
+        table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
     Console().print(table)
 
 
@@ -211,19 +217,25 @@ def tool_add(
 @click.argument("name")
 def tool_remove(name: str) -> None:
     """Remove tool NAME from the registry (its local data directory is kept)."""
-    unschedule(name)
     registry().tools.remove(name)
+    unschedule(name)
     click.echo(f"tool {name} removed")
 
 
 @tool.command("run")
 @click.argument("name")
 @click.option("--no-wait", is_flag=True, help="Print the run id and return at once.")
+@click.option(
+    "--wait-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop waiting after this many seconds (the run goes on); exit 5.",
+)
 @json_option
-def tool_run(name: str, no_wait: bool, as_json: bool) -> None:
+def tool_run(name: str, no_wait: bool, wait_timeout_s: float | None, as_json: bool) -> None:
     """Run tool NAME now on this node's workers and print its report.
 
-    Exits 0 when the run succeeded, 4 when it failed (the reason on stderr).
+    Exits 0 when the run succeeded, 4 when it failed (the reason on stderr), 5 when
+    --wait-timeout-s passed first.
     """
     from mao_celery.celery_app import app
     from mao_celery.enqueue import start_run
@@ -235,12 +247,18 @@ def tool_run(name: str, no_wait: bool, as_json: bool) -> None:
     if no_wait:
         click.echo(report.run_id)
         return
-    show_report(wait_for_run(runs, report.run_id), as_json)
+    report = wait_for_run(runs, report.run_id, wait_timeout_s)
+    if not report.status.terminal:
+        click.echo(f"run {report.run_id} is still {report.status}: see `maoctl run show`", err=True)
+        sys.exit(EXIT_STILL_RUNNING)
+    show_report(report, as_json)
 
 
-def wait_for_run(runs: Any, run_id: str) -> RunReport:
-    """Poll run `run_id` until it ends, showing its stage on stderr."""
+def wait_for_run(runs: Any, run_id: str, timeout_s: float | None) -> RunReport:
+    """Poll run `run_id` until it ends or `timeout_s` seconds pass, showing its stage on stderr."""
     from rich.console import Console
+
+    deadline = time.monotonic() + timeout_s if timeout_s else math.inf
 
     stages = {
         "queued": "queued, waiting for a worker (is one running? see `worker.sh`)",
@@ -251,7 +269,7 @@ def wait_for_run(runs: Any, run_id: str) -> RunReport:
     }
     with Console(stderr=True).status(f"run {run_id}: queued") as shown:
         report = runs.get(run_id)
-        while not report.status.terminal:
+        while not report.status.terminal and time.monotonic() < deadline:
             shown.update(f"run {run_id}: {stages.get(report.status, report.status)}")
             report = runs.wait(
                 run_id, lambda r, s=report.status: r.status != s, timeout_s=1.0, poll_s=0.05
@@ -260,12 +278,13 @@ def wait_for_run(runs: Any, run_id: str) -> RunReport:
 
 
 def show_report(report: RunReport, as_json: bool) -> None:
-    """Print a run report; exit 4 with the reason on stderr when the run failed."""
+    """Print a run report; exit 4 with the reason on stderr when the run failed or was
+    interrupted (a run still under way exits 0)."""
     if as_json:
         print_json(report)
     else:
         click.echo("\n".join(report_lines(report)))
-    if report.status != "succeeded":
+    if report.status.terminal and report.status != "succeeded":
         fail(errors.RunFailed(f"run {report.run_id} {report.status}: {report.error}"))
 
 
@@ -310,7 +329,7 @@ def run() -> None:
 @click.argument("run_id")
 @json_option
 def run_show(run_id: str, as_json: bool) -> None:
-    """Show the report of run RUN_ID (exit 4 if it failed)."""
+    """Show the report of run RUN_ID (exit 4 if it failed or was interrupted)."""
     from mao_celery.runs import RunStore
 
     conf = settings()
@@ -415,12 +434,14 @@ def dataset_clone(name: str, update: bool) -> None:
     from mao_celery import datasets
 
     dest = datasets.local_path(settings().importdir, name)
+    item = registry().datasets.get(name)
     if update:
         head = datasets.update(dest)
         click.echo(f"dataset {name} updated to {head[:12]} in {dest}")
         return
-    item = registry().datasets.get(name)
-    click.echo(f"cloning {item.url} into {dest} ...", err=True)
+    from mao_celery.settings import redact_url
+
+    click.echo(f"cloning {redact_url(item.url)} into {dest} ...", err=True)
     datasets.clone(item.url, dest)
     click.echo(f"dataset {name} cloned into {dest}")
 
@@ -446,10 +467,10 @@ def dataset_list_local(as_json: bool) -> None:
 
 
 def beat_app() -> Any:
-    """A Celery app whose RedBeat settings locate this node's schedules (celery is untyped)."""
-    from mao_celery.celery_app import create_app
+    """The node's Celery app, whose RedBeat settings locate its schedules (celery is untyped)."""
+    from mao_celery.celery_app import app
 
-    return create_app(settings())
+    return app
 
 
 def unschedule(name: str) -> None:

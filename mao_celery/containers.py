@@ -65,6 +65,8 @@ class ContainerSpec:
         timeout_s: seconds from the container's start after which it is killed; default 1 h.
         memory_bytes: memory limit in bytes; default 1 GiB.
         nano_cpus: CPU limit in billionths of a CPU (1e9 = one CPU); None = no limit.
+        pids_limit: most processes the container may run at once (default 4096; stops a fork
+            bomb from exhausting the host).
         network_mode: Docker network mode; None = Docker's default (bridge).
         command: command overriding the image's; None = the image's own.
         environment: extra environment variables.
@@ -81,6 +83,7 @@ class ContainerSpec:
     timeout_s: float = 3600.0
     memory_bytes: int = 1 << 30
     nano_cpus: int | None = None
+    pids_limit: int = 4096
     network_mode: str | None = None
     command: list[str] | None = None
     environment: dict[str, str] = field(default_factory=dict)
@@ -179,7 +182,7 @@ def run_container(client: docker.DockerClient, spec: ContainerSpec) -> Container
 def stop_run_containers(
     client: docker.DockerClient,
     *,
-    run_ids: Collection[str] | None = None,
+    run_ids: Collection[str],
     timeout_s: float = 10,
 ) -> list[str]:
     """Stop the running containers of MAO runs (those labelled `mao.run_id`), without removing them.
@@ -187,8 +190,8 @@ def stop_run_containers(
     Each gets SIGTERM, then SIGKILL after `timeout_s` seconds (rounded up; default 10). Meant for
     the end of a node's shutdown grace period (mao_celery/shutdown.py): the task waiting on a
     container then reads its exit code and logs and removes it, as after any other end; a task
-    killed before that leaves it to its redelivery, which adopts the stopped container. `run_ids`
-    limits it to those runs; None stops every run's container.
+    killed before that leaves it to its redelivery, which adopts the stopped container. Only the
+    containers of `run_ids` are stopped: the daemon may run other nodes' containers too.
 
     Returns:
         The run ids whose containers this call stopped.
@@ -202,7 +205,7 @@ def stop_run_containers(
             filters={"label": LABEL_RUN_ID}, ignore_removed=True
         ):
             run_id = container.labels[LABEL_RUN_ID]
-            if run_ids is not None and run_id not in run_ids:
+            if run_id not in run_ids:
                 continue
             try:
                 container.stop(timeout=math.ceil(timeout_s))
@@ -267,6 +270,7 @@ def _create_options(spec: ContainerSpec, name: str) -> dict[str, Any]:
         "volumes": {str(spec.data_dir.resolve()): {"bind": DATA_MOUNT, "mode": "rw"}},
         "mem_limit": spec.memory_bytes,
         "nano_cpus": spec.nano_cpus,
+        "pids_limit": spec.pids_limit,
         "network_mode": spec.network_mode,
         "security_opt": ["no-new-privileges"],
         "detach": True,

@@ -77,11 +77,16 @@ def clone(url: str, dest: Path, *, timeout_s: float = 600.0) -> Path:
         raise InvalidInput(str(e)) from e
     if os.path.lexists(dest):
         raise AlreadyExists(f"{dest} already exists: use --update to fast-forward it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".clone-{dest.name}-", dir=dest.parent.absolute()))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".clone-{dest.name}-", dir=dest.parent.absolute()))
+    except OSError as e:
+        raise InvalidInput(f"cannot create a clone in {dest.parent}: {e.strerror}") from e
     try:
         _git(["clone", "--", url, str(tmp)], cwd=dest.parent, endpoint=url, timeout_s=timeout_s)
         tmp.rename(dest)
+    except OSError as e:
+        raise AlreadyExists(f"{dest} appeared while cloning into it: {e.strerror}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing left to remove once renamed
     return dest
@@ -121,10 +126,17 @@ def ensure_clone(url: str, dest: Path, *, timeout_s: float = 600.0) -> bool:
     data directory between runs (design.md §4, prepare). `timeout_s` as for `clone`.
 
     Raises:
-        InvalidInput, AlreadyExists, ServiceUnavailable: as `clone` (AlreadyExists when `dest`
-            is a file, not a directory).
+        InvalidInput: as `clone`, or `dest` is a clone of another repository (e.g. the tool was
+            registered again with another data repository).
+        AlreadyExists, ServiceUnavailable: as `clone` (AlreadyExists when `dest` is a file).
     """
     if dest.is_dir():
+        remote = _describe(dest).remote
+        if remote is not None and remote != url:
+            raise InvalidInput(
+                f"{dest} is a clone of {remove_password_if_present([remote])[0]}, not of "
+                f"{remove_password_if_present([url])[0]}: move it away to clone afresh"
+            )
         return False
     clone(url, dest, timeout_s=timeout_s)
     return True

@@ -11,10 +11,11 @@ import uuid
 from celery import Celery, chain
 from celery.canvas import Signature
 
-from mao_celery.models import RunReport
+from mao_celery.exceptions import ServiceUnavailable
+from mao_celery.models import RunReport, RunStatus, utcnow
 from mao_celery.registry import Registry
 from mao_celery.runs import RunStore
-from mao_celery.settings import Settings
+from mao_celery.settings import Settings, redact_url
 
 PREPARE_DATASET = "mao.prepare_dataset"
 RUN_CONTAINER = "mao.run_container"
@@ -38,19 +39,39 @@ def run_chain(app: Celery, report: RunReport) -> Signature:
 
 
 def start_run(
-    app: Celery, tool: str, *, conf: Settings, registry: Registry, runs: RunStore
+    app: Celery,
+    tool: str,
+    *,
+    conf: Settings,
+    registry: Registry,
+    runs: RunStore,
+    run_id: str | None = None,
 ) -> RunReport:
     """Queue a run of `tool`: record it, take the tool's lock, send the chain to the workers.
+
+    `run_id` (default: a new one) makes starting idempotent: a run already recorded under that
+    id is returned as it is, and nothing is sent again.
 
     Raises:
         NotFound: the tool is not registered.
         AlreadyRunning: a run of the tool is under way on this node.
-        ServiceUnavailable: etcd or Redis did not answer.
+        ServiceUnavailable: etcd, Redis or the broker did not answer; nothing is left queued.
     """
+    if run_id is not None and (existing := runs.find(run_id)) is not None:
+        return existing
     registry.tools.get(tool)
-    report = RunReport(
-        run_id=uuid.uuid4().hex, tool=tool, node=conf.node_id, timeout_s=conf.run_timeout_s
-    )
+    report = RunReport(run_id=run_id or uuid.uuid4().hex, tool=tool, node=conf.node_id)
     runs.begin(report, lock_ttl_s(conf))
-    run_chain(app, report).apply_async()
+    try:
+        run_chain(app, report).apply_async()
+    except Exception as e:
+        runs.save(fail(report, f"could not send the run to the workers: {e}"))
+        raise ServiceUnavailable("Redis", redact_url(conf.redis_url), str(e)) from e
     return report
+
+
+def fail(report: RunReport, reason: str) -> RunReport:
+    """`report` marked failed for `reason` (one line)."""
+    return report.model_copy(
+        update={"status": RunStatus.FAILED, "error": reason, "finished_at": utcnow()}
+    )

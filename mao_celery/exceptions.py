@@ -3,6 +3,8 @@
 The CLI maps each class to an exit code; tasks record them in the run report.
 """
 
+from pydantic import ValidationError
+
 
 class MaoError(Exception):
     """Base of every error MAO raises on purpose; its message is one line for a person."""
@@ -49,3 +51,10 @@ class ServiceUnavailable(MaoError):
 
 class RunFailed(MaoError):
     """A tool run ended without success; the message is the reason recorded in its report."""
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """The first problem of a pydantic validation error as one line: `field: message`."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "value"
+    return f"{where}: {str(first['msg']).removeprefix('Value error, ')}"

@@ -10,7 +10,7 @@ import redis
 
 from mao_celery.exceptions import ServiceUnavailable
 from mao_celery.registry import Etcd
-from mao_celery.settings import Settings
+from mao_celery.settings import Settings, redact_url
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,10 @@ def check_redis(settings: Settings) -> Check:
     try:
         client.ping()
     except redis.RedisError as e:
-        return Check("Redis", False, f"unreachable at {settings.redis_url}: {e}")
+        return Check("Redis", False, f"unreachable at {redact_url(settings.redis_url)}: {e}")
     finally:
         client.close()
-    return Check("Redis", True, settings.redis_url)
+    return Check("Redis", True, redact_url(settings.redis_url))
 
 
 def check_docker() -> Check:

@@ -59,3 +59,4 @@ def leave(registry: Registry, runs: RunStore) -> None:
     lease_id = runs.get_value(LEASE_KEY)
     if lease_id is not None:
         registry.revoke_member_lease(int(lease_id))
+        runs.delete_value(LEASE_KEY)

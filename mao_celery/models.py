@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from mao_celery.exceptions import InvalidInput
+from mao_celery.exceptions import InvalidInput, describe_validation_error
 
 # design.md §3: names become directory names under importdir, so nothing else passes.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -260,13 +260,6 @@ class RunReport(BaseModel):
     spike: SpikeResult | None = None
     notification_key: str | None = None
     error: str | None = None
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """The first problem of a pydantic validation error as one line: `field: message`."""
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "value"
-    return f"{where}: {str(first['msg']).removeprefix('Value error, ')}"
 
 
 def build(model: type[M], **fields: Any) -> M:

@@ -12,12 +12,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
+import grpc
 import pyetcd
 from pydantic import BaseModel, ValidationError
 from pyetcd import exceptions as etcd_errors
 
-from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
-from mao_celery.models import Dataset, Member, Notification, Tool, describe_validation_error
+from mao_celery.exceptions import (
+    AlreadyExists,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    describe_validation_error,
+)
+from mao_celery.models import Dataset, Member, Notification, Tool
 from mao_celery.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -71,16 +78,20 @@ class Etcd:
         """Run `operation(client)`, failing over across endpoints.
 
         Raises:
-            ServiceUnavailable: no endpoint answered.
+            ServiceUnavailable: no endpoint answered, or etcd refused the request (e.g. its
+                database is full, or authentication is required); the detail says which.
         """
+        endpoints = ",".join(self.endpoints)
         last: Exception | None = None
         for _ in self.endpoints:
             try:
                 return operation(self.client)
             except _TRANSIENT as e:
                 last = e
-        detail = type(last).__name__ if last else ""
-        raise ServiceUnavailable("etcd", ",".join(self.endpoints), detail) from last
+            except (etcd_errors.Etcd3Exception, grpc.RpcError) as e:
+                detail = e.details() if isinstance(e, grpc.RpcError) else type(e).__name__
+                raise ServiceUnavailable("etcd", endpoints, str(detail)) from e
+        raise ServiceUnavailable("etcd", endpoints, type(last).__name__ if last else "") from last
 
     def close(self) -> None:
         """Close the gRPC channels."""
@@ -144,8 +155,17 @@ class Collection(Generic[M]):
             )
             return bool(ok)
 
-        if not self._etcd.call(create):
+        if not self._etcd.call(create) and self._stored(key) != item:
             raise AlreadyExists(f"{self._kind} {name!r} already exists")
+
+    def _stored(self, key: str) -> M | None:
+        """The valid value at `key`, or None. A create retried after a lost reply finds its
+        own write here and so is not reported as a clash."""
+        raw, _ = self._etcd.call(lambda client: client.get(key))
+        try:
+            return None if raw is None else _parse(self._model, key, raw)
+        except InvalidInput:
+            return None
 
     def get(self, name: str) -> M:
         """Read and validate entry `name`.
@@ -285,12 +305,21 @@ class Registry:
         return bool(responses) and responses[0].TTL > 0
 
     def revoke_member_lease(self, lease_id: int) -> None:
-        """Revoke lease `lease_id`, deleting the member record on it at once.
+        """Revoke lease `lease_id`, deleting the member record on it at once (a lease that has
+        already expired is fine: the record is gone already).
 
         Raises:
             ServiceUnavailable: etcd did not answer.
         """
-        self.etcd.call(lambda client: client.revoke_lease(lease_id))
+
+        def revoke(client: pyetcd.MultiEndpointEtcd3Client) -> None:
+            try:
+                client.revoke_lease(lease_id)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+
+        self.etcd.call(revoke)
 
     def members(self) -> tuple[list[Member], list[InvalidEntry]]:
         """The live members (those whose lease has not expired), sorted by node id.

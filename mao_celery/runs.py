@@ -12,9 +12,17 @@ from collections.abc import Callable
 from typing import TypeVar, cast
 
 import redis
+from pydantic import ValidationError
 
-from mao_celery.exceptions import AlreadyRunning, NotFound, ServiceUnavailable
+from mao_celery.exceptions import (
+    AlreadyRunning,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    describe_validation_error,
+)
 from mao_celery.models import TERMINAL_STATUSES, RunReport
+from mao_celery.settings import redact_url
 
 T = TypeVar("T")
 
@@ -65,14 +73,17 @@ class RunStore:
     @classmethod
     def from_url(cls, url: str, history: int = 50) -> RunStore:
         """A store on the Redis at `url` (no network call is made yet)."""
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, decode_responses=True)
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True
+        )
         return cls(client, url, history)
 
     def _call(self, operation: Callable[[], T]) -> T:
         try:
             return operation()
-        except redis.ConnectionError as e:
-            raise ServiceUnavailable("Redis", self._url, str(e).splitlines()[0]) from e
+        except redis.RedisError as e:
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ServiceUnavailable("Redis", redact_url(self._url), detail) from e
 
     def begin(self, report: RunReport, lock_ttl_s: float) -> None:
         """Record a new queued run and take its tool's lock for at most `lock_ttl_s` seconds.
@@ -130,10 +141,20 @@ class RunStore:
             NotFound: no such run on this node (or it was cut from the history).
             ServiceUnavailable: Redis did not answer.
         """
-        raw = self._call(lambda: cast(str | None, self._redis.get(RUN_KEY + run_id)))
-        if raw is None:
+        report = self.find(run_id)
+        if report is None:
             raise NotFound(f"run {run_id!r} is not known on this node")
-        return RunReport.model_validate_json(raw)
+        return report
+
+    def find(self, run_id: str) -> RunReport | None:
+        """The report of run `run_id`, or None when there is none.
+
+        Raises:
+            InvalidInput: the stored record is invalid.
+            ServiceUnavailable: Redis did not answer.
+        """
+        raw = self._call(lambda: cast(str | None, self._redis.get(RUN_KEY + run_id)))
+        return None if raw is None else _parse(run_id, raw)
 
     def recent(self, tool: str, limit: int = 20) -> list[RunReport]:
         """The newest `limit` runs of `tool`, newest first.
@@ -148,7 +169,7 @@ class RunStore:
                 return []
             return cast(list[str | None], self._redis.mget([RUN_KEY + r for r in run_ids]))
 
-        return [RunReport.model_validate_json(raw) for raw in self._call(read) if raw]
+        return [_parse(tool, raw) for raw in self._call(read) if raw]
 
     def holder(self, tool: str) -> str | None:
         """The run id holding `tool`'s lock, if any.
@@ -191,9 +212,25 @@ class RunStore:
         """
         self._call(lambda: self._redis.set(f"mao:{key}", value))
 
+    def delete_value(self, key: str) -> None:
+        """Delete a node-local value.
+
+        Raises:
+            ServiceUnavailable: Redis did not answer.
+        """
+        self._call(lambda: self._redis.delete(f"mao:{key}"))
+
     def close(self) -> None:
         """Close the connection pool."""
         self._redis.close()
+
+
+def _parse(what: str, raw: str) -> RunReport:
+    try:
+        return RunReport.model_validate_json(raw)
+    except ValidationError as e:
+        reason = describe_validation_error(e)
+        raise InvalidInput(f"run record of {what} is invalid (another version?): {reason}") from e
 
 
 def _lock_key(tool: str) -> str:

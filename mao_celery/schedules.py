@@ -35,6 +35,7 @@ from redbeat.schedulers import ensure_conf, get_redis
 from mao_celery.exceptions import InvalidInput, NotFound, ServiceUnavailable
 from mao_celery.models import RunReport, RunStatus
 from mao_celery.runs import RunStore
+from mao_celery.settings import redact_url
 
 TASK = "mao.scheduled_run"
 ENTRY_PREFIX = "tool:"
@@ -362,6 +363,6 @@ def _redis_errors(app: Celery) -> Iterator[None]:
     """Turn Redis connection errors into ServiceUnavailable naming the app's RedBeat Redis."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as e:
-        url = str(app.conf.redbeat_redis_url)
+    except redis.RedisError as e:
+        url = redact_url(str(app.conf.redbeat_redis_url))
         raise ServiceUnavailable("Redis", url, str(e).splitlines()[0]) from e

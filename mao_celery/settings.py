@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -23,10 +25,21 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from mao_celery.exceptions import InvalidInput
-from mao_celery.models import describe_validation_error
+from mao_celery.exceptions import InvalidInput, describe_validation_error
 
 DEFAULT_IMPORTDIR = Path.home() / ".local" / "share" / "mao" / "importdir"
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+# A node id becomes part of etcd keys (members, notifications): a host-name-like word.
+NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password, if any, replaced by `***` (for messages and `maoctl status`)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -90,6 +103,7 @@ class Settings(BaseSettings):
     spike_threshold_pct: float = Field(default=20.0, gt=0)
     run_timeout_s: float = Field(default=3600.0, gt=0)
     run_memory_bytes: int = Field(default=1 << 30, ge=16 << 20)
+    run_cpus: float | None = Field(default=None, gt=0)
     tool_network: str | None = None
     run_history: int = Field(default=50, ge=1)
     notification_retention_s: int = Field(default=30 * 24 * 3600, ge=60)
@@ -111,6 +125,20 @@ class Settings(BaseSettings):
             host, sep, port = endpoint.rpartition(":")
             if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
                 raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in REDIS_SCHEMES:
+            raise ValueError(f"{redact_url(value)!r} is not a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("node_id")
+    @classmethod
+    def _check_node_id(cls, value: str) -> str:
+        if not NODE_ID_RE.fullmatch(value):
+            raise ValueError(f"node id {value!r}: use letters, digits, '.', '_', '-'")
         return value
 
     @field_validator("etcd_prefix")

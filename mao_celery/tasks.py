@@ -3,7 +3,9 @@
 A run is `prepare_dataset | run_container | detect_spike | publish_notification`. Each task
 takes the run's report (a `RunReport` dumped to JSON), does its part and returns it. A step that
 fails marks the report failed; the steps after it pass a failed report on untouched, so the chain
-always ends, the report always says why, and the tool's lock is always released.
+ends, the report says why, and the tool's lock is released. The one exception is a Redis that
+stays unreachable through a step's retries: nothing can be recorded then, and the tool's lock
+expires after `enqueue.lock_ttl_s`.
 
 Every step is idempotent on the run id: a task delivered again (its worker died, or the broker's
 visibility timeout passed) finds its work recorded in the run's stored report and returns that,
@@ -31,6 +33,7 @@ from mao_celery.enqueue import (
     PREPARE_DATASET,
     PUBLISH_NOTIFICATION,
     RUN_CONTAINER,
+    fail,
     start_run,
 )
 from mao_celery.exceptions import AlreadyRunning, MaoError, NotFound, ServiceUnavailable
@@ -81,19 +84,13 @@ def node() -> Node:
 Work = Callable[[Node, RunReport], RunReport]
 
 
-def fail(report: RunReport, reason: str) -> RunReport:
-    """`report` marked failed for `reason` (one line)."""
-    return report.model_copy(
-        update={"status": RunStatus.FAILED, "error": reason, "finished_at": utcnow()}
-    )
-
-
 def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> dict[str, Any]:
     """Run one step of a run: skip it when the run has failed or the step is already done,
     record the new status, do `work`, record the result.
 
-    A service that does not answer is retried (Celery retry, exponential back-off) up to
-    `STEP_RETRIES` times, then fails the run; any other error fails the run at once.
+    A service that does not answer is retried (Celery retry, 2, 4, 8, ... s apart) up to
+    `STEP_RETRIES` times (the steps' `max_retries`), then fails the run; any other error fails
+    the run at once.
     """
     report = RunReport.model_validate(state)
     if report.status in TERMINAL_STATUSES:
@@ -130,6 +127,7 @@ def prepare(ctx: Node, report: RunReport) -> RunReport:
     return report.model_copy(
         update={
             "started_at": utcnow(),
+            "timeout_s": conf.run_timeout_s,
             "image": tool.image,
             "data_dir": str(data_dir),
             "spike_window": tool.spike_window or conf.spike_window,
@@ -148,6 +146,7 @@ def run(ctx: Node, report: RunReport) -> RunReport:
         data_dir=Path(report.data_dir),
         timeout_s=report.timeout_s,
         memory_bytes=ctx.settings.run_memory_bytes,
+        nano_cpus=int(ctx.settings.run_cpus * 1e9) if ctx.settings.run_cpus else None,
         network_mode=ctx.settings.tool_network,
     )
     try:
@@ -219,25 +218,25 @@ def publish(ctx: Node, report: RunReport) -> RunReport:
     )
 
 
-@app.task(bind=True, name=PREPARE_DATASET)
+@app.task(bind=True, name=PREPARE_DATASET, max_retries=STEP_RETRIES)
 def prepare_dataset(self: Task, state: dict[str, Any]) -> dict[str, Any]:
     """Step 1: the tool's data directory, cloned on first use."""
     return step(self, state, RunStatus.PREPARING, prepare)
 
 
-@app.task(bind=True, name=RUN_CONTAINER)
+@app.task(bind=True, name=RUN_CONTAINER, max_retries=STEP_RETRIES)
 def run_container(self: Task, state: dict[str, Any]) -> dict[str, Any]:
     """Step 2: the tool's container, run to its end or its timeout."""
     return step(self, state, RunStatus.RUNNING, run)
 
 
-@app.task(bind=True, name=DETECT_SPIKE)
+@app.task(bind=True, name=DETECT_SPIKE, max_retries=STEP_RETRIES)
 def detect_spike(self: Task, state: dict[str, Any]) -> dict[str, Any]:
     """Step 3: spike detection on the control files."""
     return step(self, state, RunStatus.DETECTING, detect)
 
 
-@app.task(bind=True, name=PUBLISH_NOTIFICATION)
+@app.task(bind=True, name=PUBLISH_NOTIFICATION, max_retries=STEP_RETRIES)
 def publish_notification(self: Task, state: dict[str, Any]) -> dict[str, Any]:
     """Step 4: the notification of a spike; the run ends."""
     return step(self, state, RunStatus.PUBLISHING, publish)
@@ -281,15 +280,19 @@ def listen_notifications() -> list[str]:
 # ---- schedules and membership ----------------------------------------------------------------
 
 
-@app.task(name="mao.scheduled_run")
-def scheduled_run(tool: str) -> str | None:
+@app.task(bind=True, name="mao.scheduled_run")
+def scheduled_run(self: Task, tool: str) -> str | None:
     """Periodic (one RedBeat entry per scheduled tool): start a run of `tool` as `tool run` does.
 
+    The run id is this task's id, so a redelivered firing does not start a second run.
     Returns the run id, or None when the run was skipped (the tool is running or was removed).
     """
     ctx = node()
+    run_id = str(self.request.id).replace("-", "")
     try:
-        return start_run(app, tool, conf=ctx.settings, registry=ctx.registry, runs=ctx.runs).run_id
+        return start_run(
+            app, tool, conf=ctx.settings, registry=ctx.registry, runs=ctx.runs, run_id=run_id
+        ).run_id
     except (AlreadyRunning, NotFound) as e:
         log.warning("scheduled run of %s skipped: %s", tool, e)
         return None

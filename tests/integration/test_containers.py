@@ -168,6 +168,7 @@ def test_run_binds_data_dir_sets_labels_and_limits_then_removes_container(
     host_config = attrs["HostConfig"]
     assert host_config["Memory"] == 64 << 20
     assert host_config["NanoCpus"] == 500_000_000
+    assert host_config["PidsLimit"] == 4096
     assert host_config["SecurityOpt"] == ["no-new-privileges"]
     assert host_config["NetworkMode"] == "none"
     assert host_config["Binds"] == [f"{data_dir}:{DATA_MOUNT}:rw"]
@@ -400,7 +401,7 @@ def test_missing_data_dir_is_not_found(
     [
         lambda client, spec: run_container(client, spec),
         lambda client, spec: ensure_image(client, spec.image),
-        lambda client, spec: stop_run_containers(client),
+        lambda client, spec: stop_run_containers(client, run_ids=[spec.run_id]),
     ],
     ids=["run_container", "ensure_image", "stop_run_containers"],
 )

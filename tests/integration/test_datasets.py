@@ -298,6 +298,20 @@ def test_ensure_clone_clones_once_then_reuses_with_tool_files(
     assert listing(dest) == [".git", "control-1.csv", "control-2.csv"]
 
 
+def test_ensure_clone_refuses_a_clone_of_another_repository(
+    upstream: Upstream, importdir: Path, tmp_path: Path
+) -> None:
+    dest = importdir / "demo-tool"
+    datasets.ensure_clone(str(upstream.bare), dest)
+    other = tmp_path / "other.git"
+    run_git("clone", "-q", "--bare", str(upstream.bare), str(other), cwd=tmp_path)
+
+    with pytest.raises(InvalidInput, match="is a clone of"):
+        datasets.ensure_clone(str(other), dest)
+
+    assert listing(dest) == [".git", "control-1.csv"]
+
+
 def test_ensure_clone_refuses_a_file_in_the_way(upstream: Upstream, importdir: Path) -> None:
     dest = importdir / "demo-tool"
     dest.write_text("not a directory")

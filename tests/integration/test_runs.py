@@ -106,11 +106,11 @@ def test_a_tool_running_past_its_timeout_is_killed(
     make_data_repo: Callable[..., str],
     docker_client: docker.DockerClient,
 ) -> None:
-    node.start_worker()
+    node.start_worker(env={"MAO_RUN_TIMEOUT_S": "2"})
     register(node, "slow", tool_image("sleep 60"), make_data_repo())
 
     started = time.monotonic()
-    result = node.maoctl("tool", "run", "slow", "--json", env={"MAO_RUN_TIMEOUT_S": "2"})
+    result = node.maoctl("tool", "run", "slow", "--json")
 
     assert result.returncode == 4
     assert time.monotonic() - started < 30
@@ -174,10 +174,12 @@ def test_a_lock_left_by_a_dead_run_expires(
 ) -> None:
     register(node, "stale", tool_image("true"), make_data_repo())
     runs = node.runs()
-    runs.begin(RunReport(run_id="dead-run", tool="stale", node="node-a"), lock_ttl_s=1.5)
+    runs.begin(RunReport(run_id="dead-run", tool="stale", node="node-a"), lock_ttl_s=5)
 
     refused = node.maoctl("tool", "run", "stale", "--no-wait")
-    time.sleep(1.6)
+    deadline = time.monotonic() + 10
+    while runs.holder("stale") is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
     accepted = node.maoctl("tool", "run", "stale", "--no-wait")
 
     assert refused.returncode == 1

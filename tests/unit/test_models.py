@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from mao_celery.exceptions import InvalidInput
+from mao_celery.exceptions import InvalidInput, describe_validation_error
 from mao_celery.models import (
     NAME_RE,
     TERMINAL_STATUSES,
@@ -22,7 +22,6 @@ from mao_celery.models import (
     RunStatus,
     Tool,
     build,
-    describe_validation_error,
     validate_git_url,
     validate_image,
     validate_name,
