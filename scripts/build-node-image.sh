@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Builds the MAO node image from the Dockerfile at the repository root, for docker-compose.yml.
-# The image installs nothing from an index: this script first puts in the build context
-#   var/wheels  the wheels of requirements.txt, of the project and of pip, resolved and built on this
-#               host by MAO_WHEEL_PYTHON, whose version must equal the base image's python3 (the same
-#               Python evaluates markers such as python_full_version < '3.11.3' the same way);
+# The image installs nothing from an index: its build context carries
+#   var/wheels  the wheels of requirements.txt, of pip, of the project's build backend (setuptools)
+#               and of the project, resolved and built on this host by MAO_WHEEL_PYTHON, whose
+#               version must equal the base image's python3 (the same Python evaluates markers such
+#               as python_full_version < '3.11.3' the same way);
 #   var/debs    when the base is Debian of this host's release and has no git: git's and
 #               ca-certificates' packages with what they need that the base lacks (apt on this host
 #               resolves them against the base's own dpkg status).
-# The build then runs with no network. Only a base without git from another release needs one:
-# the Dockerfile then installs git with apt-get inside the build.
+#
+# Usage: scripts/build-node-image.sh [--fetch | --offline]
+#   (no flag)  fetch what is missing or stale (docker pull of an absent base too), then build;
+#   --fetch    only fetch: the one step that needs the network (scripts/setup.sh runs it for
+#              mao-base:bookworm). Skipped while var/wheels/.fetched matches the base image, the
+#              wheel Python, requirements.txt and pyproject.toml's build and runtime requirements;
+#   --offline  only build, from var/wheels and var/debs, with no network at all (the tests use it).
+# The build step makes the project's own wheel afresh (offline, with the fetched setuptools) and
+# runs docker build with no network. Only a base without git from another release needs one:
+# the Dockerfile then installs git with apt-get inside the build, which --offline refuses.
 #
 # Environment: MAO_BASE_IMAGE (default python:3.12-slim; scripts/setup.sh builds mao-base:bookworm),
 # MAO_NODE_IMAGE (default mao-node:latest), MAO_WHEEL_PYTHON (default /usr/bin/python3).
-# Output of pip, apt and docker build goes to var/log/node-image.log.
+# Output of the fetch (pip, apt) goes to var/log/node-image-fetch.log, that of the
+# build (pip, docker build) to var/log/node-image.log.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,7 +32,9 @@ WHEEL_PYTHON=${MAO_WHEEL_PYTHON:-/usr/bin/python3}
 VAR=$PWD/var
 WHEELS=$VAR/wheels
 DEBS=$VAR/debs
+STAMP=$WHEELS/.fetched
 LOG=$VAR/log/node-image.log
+FETCH_LOG=$VAR/log/node-image-fetch.log
 
 say() { printf '[node-image] %s\n' "$*"; }
 die() {
@@ -30,56 +42,130 @@ die() {
   exit 1
 }
 
+case "$#:${1:-}" in
+  0:) mode=all ;;
+  1:--fetch) mode=fetch ;;
+  1:--offline) mode=offline ;;
+  *) die "usage: scripts/build-node-image.sh [--fetch | --offline]" ;;
+esac
+
+base_id() { docker image inspect -f '{{.Id}}' "$BASE_IMAGE" 2>/dev/null; }
+
 # in_base CMD...: runs CMD in a throwaway container of the base image, with no network.
 in_base() { docker run --rm --network none "$BASE_IMAGE" "$@"; }
 
+# pip_from_wheel ARGS...: runs the fetched pip wheel with MAO_WHEEL_PYTHON.
+pip_from_wheel() {
+  local pip_wheel=("$WHEELS"/pip-*.whl)
+  "$WHEEL_PYTHON" "${pip_wheel[0]}/pip" "$@"
+}
+
+# Sets base_python, base_release and base_git (git or no-git) from a container of the base.
+read_base_facts() {
+  local facts
+  # shellcheck disable=SC2016 # expanded by the container's shell
+  facts=$(in_base sh -c 'python3 -c "import platform; print(platform.python_version())"
+    . /etc/os-release; echo "${VERSION_CODENAME:-none}"
+    if command -v git >/dev/null; then echo git; else echo no-git; fi') ||
+    die "cannot run python3 in $BASE_IMAGE; is it a Python image?"
+  { read -r base_python && read -r base_release && read -r base_git; } <<<"$facts"
+}
+
 mkdir -p "$VAR/log"
-: >"$LOG"
 [[ -x .venv/bin/python ]] || die "no .venv; run scripts/setup.sh first"
 [[ -x $WHEEL_PYTHON ]] || die "MAO_WHEEL_PYTHON=$WHEEL_PYTHON is not an executable"
-
-# The base's Python version, Debian release and whether it has git, one per line.
-# shellcheck disable=SC2016 # expanded by the container's shell
-base_facts=$(in_base sh -c 'python3 -c "import platform; print(platform.python_version())"
-  . /etc/os-release; echo "${VERSION_CODENAME:-none}"
-  if command -v git >/dev/null; then echo git; else echo no-git; fi') ||
-  die "cannot run python3 in $BASE_IMAGE; is it present (docker image ls) and a Python image?"
-{ read -r base_python && read -r base_release && read -r base_git; } <<<"$base_facts"
-wheel_python=$("$WHEEL_PYTHON" -c 'import platform; print(platform.python_version())')
-[[ $wheel_python == "$base_python" ]] ||
-  die "$BASE_IMAGE has Python $base_python but MAO_WHEEL_PYTHON=$WHEEL_PYTHON is $wheel_python;" \
-    "set MAO_WHEEL_PYTHON to a Python $base_python"
-
-say "wheels: requirements.txt, the project and pip with Python $wheel_python into var/wheels"
-# build/ is setuptools' work dir: a stale one would put deleted modules in the project wheel.
-rm -rf "$WHEELS" "$DEBS" build
-mkdir -p "$WHEELS" "$DEBS"
-.venv/bin/python -m pip download -q --no-deps -d "$WHEELS" pip >>"$LOG" 2>&1 ||
-  die "pip download of pip failed; see $LOG"
-pip_wheel=("$WHEELS"/pip-*.whl)
-{ "$WHEEL_PYTHON" "${pip_wheel[0]}/pip" wheel -q -r requirements.txt -w "$WHEELS" &&
-  "$WHEEL_PYTHON" "${pip_wheel[0]}/pip" wheel -q --no-deps -w "$WHEELS" .; } >>"$LOG" 2>&1 ||
-  die "pip wheel failed; see $LOG"
-rm -rf build
-
-network=none
+if [[ $mode != offline ]] && ! base_id >/dev/null; then
+  say "fetch: docker pull $BASE_IMAGE"
+  docker pull -q "$BASE_IMAGE" >/dev/null || die "docker pull $BASE_IMAGE failed"
+fi
+base_id=$(base_id) ||
+  die "no image $BASE_IMAGE here (docker image ls); scripts/setup.sh builds mao-base:bookworm"
 # shellcheck disable=SC1091 # the host's own release file
 host_release=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-if [[ $base_git == no-git && $base_release == "$host_release" ]]; then
-  say "debs: git for $BASE_IMAGE (Debian $base_release, no git) into var/debs"
-  mkdir -p "$DEBS/partial"
-  in_base cat /var/lib/dpkg/status >"$DEBS/status"
+# The build backend's requirements and the static runtime ones, from pyproject.toml.
+pyproject_requires=$(.venv/bin/python -c 'import tomllib
+with open("pyproject.toml", "rb") as f:
+    p = tomllib.load(f)
+print(*p["build-system"]["requires"], *p["project"].get("dependencies", []), sep="\n")')
+# download_git_debs: git and ca-certificates, and what the base lacks of their dependencies.
+download_git_debs() {
   apt-get -q -y --download-only --no-install-recommends -o Dir::State::status="$DEBS/status" \
     -o Dir::Cache::archives="$DEBS" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= \
-    install git ca-certificates >>"$LOG" 2>&1 ||
-    die "apt-get could not download git for $BASE_IMAGE; see $LOG (apt-get update first?)"
-  rm -rf "$DEBS/partial" "$DEBS/status" "$DEBS/lock"
-elif [[ $base_git == no-git ]]; then
-  network=default
-  say "$BASE_IMAGE has no git and is not Debian $host_release: apt-get in the build installs it"
-fi
+    install git ca-certificates >>"$FETCH_LOG" 2>&1
+}
 
-say "image $NODE_IMAGE: docker build from $BASE_IMAGE (network: $network)"
-docker build --network "$network" --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$NODE_IMAGE" . \
-  >>"$LOG" 2>&1 || die "docker build of $NODE_IMAGE failed; see $LOG"
-say "ready: $NODE_IMAGE"
+# What var/wheels and var/debs are fetched for; the fetch writes it to $STAMP when it succeeds.
+fetch_key=$({ echo "$base_id" && "$WHEEL_PYTHON" -V && cat requirements.txt &&
+  echo "$pyproject_requires"; } | sha256sum | cut -d' ' -f1)
+
+fetched() { [[ -f $STAMP && $(<"$STAMP") == "$fetch_key" ]]; }
+
+fetch() {
+  if fetched; then
+    say "fetch: var/wheels and var/debs up to date for $BASE_IMAGE"
+    return
+  fi
+  read_base_facts
+  local wheel_python
+  wheel_python=$("$WHEEL_PYTHON" -c 'import platform; print(platform.python_version())')
+  [[ $wheel_python == "$base_python" ]] ||
+    die "$BASE_IMAGE has Python $base_python but MAO_WHEEL_PYTHON=$WHEEL_PYTHON is $wheel_python;" \
+      "set MAO_WHEEL_PYTHON to a Python $base_python"
+
+  say "fetch: wheels of requirements.txt, pip and setuptools (Python $wheel_python) into var/wheels"
+  rm -rf "$WHEELS" "$DEBS"
+  mkdir -p "$WHEELS" "$DEBS"
+  : >"$FETCH_LOG"
+  local requires
+  mapfile -t requires <<<"$pyproject_requires"
+  { .venv/bin/python -m pip download -q --no-deps -d "$WHEELS" pip &&
+    pip_from_wheel wheel -q -w "$WHEELS" -r requirements.txt "${requires[@]}"; } \
+    >>"$FETCH_LOG" 2>&1 || die "pip download or pip wheel failed; see $FETCH_LOG"
+
+  if [[ $base_git == no-git && $base_release == "$host_release" ]]; then
+    say "fetch: git for $BASE_IMAGE (Debian $base_release, no git) into var/debs"
+    mkdir -p "$DEBS/partial"
+    in_base cat /var/lib/dpkg/status >"$DEBS/status"
+    # A fresh machine may have no (or stale) package lists: update them once if the first try fails.
+    download_git_debs || { apt-get -q update >>"$FETCH_LOG" 2>&1 && download_git_debs; } ||
+      die "apt-get could not download git for $BASE_IMAGE; see $FETCH_LOG"
+    rm -rf "$DEBS/partial" "$DEBS/status" "$DEBS"/lock*
+  fi
+  echo "$fetch_key" >"$STAMP"
+}
+
+build() {
+  [[ -n ${base_git:-} ]] || read_base_facts
+  local network=none
+  if [[ $base_git == no-git && $base_release == "$host_release" ]]; then
+    compgen -G "$DEBS/git_*.deb" >/dev/null ||
+      die "var/debs has no git packages for $BASE_IMAGE; run scripts/setup.sh"
+  elif [[ $base_git == no-git && $mode == offline ]]; then
+    die "$BASE_IMAGE has no git and is not Debian $host_release: git needs apt-get with network;" \
+      "build without --offline"
+  elif [[ $base_git == no-git ]]; then
+    network=default
+    say "$BASE_IMAGE has no git and is not Debian $host_release: apt-get in the build installs it"
+  fi
+
+  say "wheel: the project into var/wheels (no index)"
+  : >"$LOG"
+  # build/ is setuptools' work dir: a stale one would put deleted modules in the project wheel.
+  rm -rf build "$WHEELS"/mao_orchestrator-*.whl
+  pip_from_wheel wheel -q --no-deps --no-index --find-links "$WHEELS" -w "$WHEELS" . \
+    >>"$LOG" 2>&1 || die "pip wheel of the project failed; see $LOG"
+  rm -rf build
+
+  say "image $NODE_IMAGE: docker build from $BASE_IMAGE (network: $network)"
+  docker build --network "$network" --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$NODE_IMAGE" . \
+    >>"$LOG" 2>&1 || die "docker build of $NODE_IMAGE failed; see $LOG"
+  say "ready: $NODE_IMAGE"
+}
+
+if [[ $mode == offline ]]; then
+  fetched || die "var/wheels and var/debs: not fetched for $BASE_IMAGE, this Python and these" \
+    "requirements; run scripts/setup.sh (or scripts/build-node-image.sh --fetch for that base)"
+else
+  fetch
+fi
+[[ $mode == fetch ]] || build

@@ -189,5 +189,7 @@ start_etcd
 start_docker
 build_base_image
 build_busybox_image
+say "node image: var/wheels and var/debs for $BASE_IMAGE (scripts/build-node-image.sh --fetch)"
+MAO_BASE_IMAGE=$BASE_IMAGE bash scripts/build-node-image.sh --fetch
 say "ready: redis redis://127.0.0.1:$REDIS_PORT/0, etcd 127.0.0.1:$ETCD_PORT, docker OK," \
   "images $BASE_IMAGE $BUSYBOX_IMAGE"

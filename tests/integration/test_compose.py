@@ -1,10 +1,11 @@
 """docker-compose.yml: valid for Debian's docker-compose (v1), and a whole node brought up from it
 that runs the demo tool through the host's Docker daemon.
 
-No registry is reachable here, so the stack runs on images built on this host: the node image by
-scripts/build-node-image.sh on the local base image, and stand-ins for redis:7 and etcd made of
-the base image and this host's redis-server and etcd binaries. The test talks to the containers
-only through the compose CLI (exec, logs) and the Docker API, never over the compose network.
+Tests reach no registry, so the stack runs on images built on this host: the node image by
+`scripts/build-node-image.sh --offline` on the local base image, from the wheels and Debian
+packages that scripts/setup.sh fetched, and stand-ins for redis:7 and etcd made of the base image
+and this host's redis-server and etcd binaries. The test talks to the containers only through the
+compose CLI (exec, logs) and the Docker API, never over the compose network.
 """
 
 from __future__ import annotations
@@ -111,20 +112,27 @@ def build_standin(client: docker.DockerClient, tag: str, binary: str, context: P
     return tag
 
 
-@pytest.fixture(scope="module")
-def node_images(
-    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
-    """The node image, built by scripts/build-node-image.sh, and the Redis and etcd stand-ins."""
-    build = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "build-node-image.sh")],
-        env=os.environ | {"MAO_BASE_IMAGE": BASE_IMAGE, "MAO_NODE_IMAGE": NODE_IMAGE},
+def build_node_image_offline(base_image: str) -> subprocess.CompletedProcess[str]:
+    """Run `scripts/build-node-image.sh --offline` on `base_image`, making NODE_IMAGE; at most
+    300 s (COMPOSE_TIMEOUT_S)."""
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "build-node-image.sh"), "--offline"],
+        env=os.environ | {"MAO_BASE_IMAGE": base_image, "MAO_NODE_IMAGE": NODE_IMAGE},
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
         timeout=COMPOSE_TIMEOUT_S,
         check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def node_images(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """The node image, built offline by scripts/build-node-image.sh, and the Redis and etcd
+    stand-ins."""
+    build = build_node_image_offline(BASE_IMAGE)
     assert build.returncode == 0, build.stdout + build.stderr
     return {
         "MAO_NODE_IMAGE": NODE_IMAGE,
@@ -204,6 +212,17 @@ def test_the_compose_file_refuses_to_run_without_a_required_variable(
 
     assert result.returncode != 0
     assert f"set {missing}" in result.stderr
+
+
+def test_the_offline_build_refuses_a_base_nothing_was_fetched_for(busybox_image: str) -> None:
+    # setup.sh fetches for the base image only; a fetch for busybox (no python3) never succeeds.
+    result = build_node_image_offline(busybox_image)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert f"var/wheels and var/debs: not fetched for {busybox_image}" in result.stderr
+    assert "run scripts/setup.sh" in result.stderr
 
 
 @pytest.mark.timeout(600)
