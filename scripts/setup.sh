@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up one MAO node on this machine: Debian packages, the venv, Redis, a single-node etcd, a Docker
-# daemon and the two local images (design.md §1 and §6). Idempotent: whatever already answers is left
-# alone. What this script starts is recorded in var/run/*.pid, and scripts/stop.sh stops only that.
+# daemon, the two local images (design.md §1 and §6) and the wheels and Debian packages the node
+# image is built from offline (scripts/build-node-image.sh --fetch). Idempotent: whatever already
+# answers is left alone. What this script starts is recorded in var/run/*.pid, and scripts/stop.sh stops only that.
 #
 # Environment: MAO_REDIS_PORT (default 6379), MAO_ETCD_PORT (default 2379),
 # MAO_ETCD_PEER_PORT (default 2380). Everything listens on 127.0.0.1 only.
