@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from mao_celery.models import RunReport
-    from mao_celery.registry import InvalidEntry, Registry
+    from mao_celery.registry import Collection, InvalidEntry, Registry
     from mao_celery.settings import Settings
 
 EXIT_CODES: dict[type[errors.MaoError], int] = {
@@ -119,6 +119,26 @@ def show_entries(
         print_table(title, columns, (row(item) for item in items))
 
 
+def show_collection(
+    collection: Collection[Any],
+    name: str | None,
+    as_json: bool,
+    columns: Sequence[str],
+    row: Callable[[Any], Sequence[object]],
+) -> None:
+    """Print entry `name` of a registry collection, or all of them (warning about invalid ones)."""
+    if name is not None:
+        item = collection.get(name)
+        if as_json:
+            print_json(item)
+            return
+        items = [item]
+    else:
+        items, invalid = collection.list()
+        warn_invalid(invalid)
+    show_entries(items, as_json, f"{collection.kind.capitalize()}s", columns, row)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
@@ -148,16 +168,7 @@ def tool_row(t: Any) -> Sequence[object]:
 @json_option
 def tool_get(name: str | None, as_json: bool) -> None:
     """List registered tools, or show tool NAME."""
-    reg = registry()
-    if name is not None:
-        items = [reg.tools.get(name)]
-    else:
-        items, invalid = reg.tools.list()
-        warn_invalid(invalid)
-    if as_json and name is not None:
-        print_json(items[0])
-    else:
-        show_entries(items, as_json, "Tools", TOOL_COLUMNS, tool_row)
+    show_collection(registry().tools, name, as_json, TOOL_COLUMNS, tool_row)
 
 
 @tool.command("add")
@@ -385,22 +396,10 @@ def dataset() -> None:
 @json_option
 def dataset_get(name: str | None, as_json: bool) -> None:
     """List registered datasets, or show dataset NAME."""
-    reg = registry()
-    if name is not None:
-        items = [reg.datasets.get(name)]
-    else:
-        items, invalid = reg.datasets.list()
-        warn_invalid(invalid)
-    if as_json and name is not None:
-        print_json(items[0])
-    else:
-        show_entries(
-            items,
-            as_json,
-            "Datasets",
-            ("name", "url", "description"),
-            lambda d: (d.name, d.url, d.description),
-        )
+    columns = ("name", "url", "description")
+    show_collection(
+        registry().datasets, name, as_json, columns, lambda d: (d.name, d.url, d.description)
+    )
 
 
 @dataset.command("add")

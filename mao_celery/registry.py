@@ -156,7 +156,7 @@ class Collection(Generic[M]):
             return bool(ok)
 
         if not self._etcd.call(create) and self._stored(key) != item:
-            raise AlreadyExists(f"{self._kind} {name!r} already exists")
+            raise AlreadyExists(f"{self.kind} {name!r} already exists")
 
     def _stored(self, key: str) -> M | None:
         """The valid value at `key`, or None. A create retried after a lost reply finds its
@@ -178,7 +178,7 @@ class Collection(Generic[M]):
         key = self.key(name)
         raw, _ = self._etcd.call(lambda client: client.get(key))
         if raw is None:
-            raise NotFound(f"{self._kind} {name!r} is not registered")
+            raise NotFound(f"{self.kind} {name!r} is not registered")
         return _parse(self._model, key, raw)
 
     def list(self) -> tuple[list[M], list[InvalidEntry]]:
@@ -199,10 +199,11 @@ class Collection(Generic[M]):
         """
         key = self.key(name)
         if not self._etcd.call(lambda client: client.delete(key)):
-            raise NotFound(f"{self._kind} {name!r} is not registered")
+            raise NotFound(f"{self.kind} {name!r} is not registered")
 
     @property
-    def _kind(self) -> str:
+    def kind(self) -> str:
+        """What the collection holds, e.g. "tool"."""
         return self._model.__name__.lower()
 
 

@@ -33,7 +33,8 @@ else
 fi
 
 say "image $DEMO_IMAGE: building from demo_tool/ on $BASE_IMAGE"
-docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$DEMO_IMAGE" demo_tool >/dev/null
+docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$DEMO_IMAGE" demo_tool \
+  >"$VAR/log/demo-build.log" 2>&1 || { cat "$VAR/log/demo-build.log" >&2; exit 1; }
 
 if [[ ! -d $DEMO_REPO ]]; then
   say "data repository: creating $DEMO_REPO"
