@@ -226,6 +226,35 @@ def test_an_invalid_setting_exits_1_naming_it(node: NodeUnderTest) -> None:
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("MAO_REDIS_URL", "nonsense", "redis_url: 'nonsense' is not a redis://"),
+        ("MAO_NODE_ID", "a/b", "node_id: node id 'a/b'"),
+        ("MAO_CONFIG", "/nonexistent/mao.toml", "config file /nonexistent/mao.toml cannot be read"),
+    ],
+    ids=["redis-url", "node-id", "config"],
+)
+def test_an_invalid_setting_of_any_kind_exits_1_in_one_line(
+    node: NodeUnderTest, variable: str, value: str, expected: str
+) -> None:
+    result = maoctl(node, "tool", "runs", "demo", env={variable: value})
+
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert expected in error_line(result)
+
+
+def test_a_corrupt_run_record_exits_1_naming_the_run(node: NodeUnderTest) -> None:
+    runs = node.runs()
+    runs.set_value("run:broken", '{"run_id": "broken", "status": "nonsense"}')
+
+    result = maoctl(node, "run", "show", "broken")
+
+    assert result.returncode == 1
+    assert "run record of broken is invalid" in error_line(result)
+
+
+@pytest.mark.parametrize(
     ("args", "variable", "service"),
     [
         (["tool", "get"], "MAO_ETCD_ENDPOINTS", "etcd"),
