@@ -238,15 +238,17 @@ class Registry:
 
         def create(client: pyetcd.MultiEndpointEtcd3Client) -> tuple[bool, bytes | None]:
             lease = client.lease(retention_s)
-            ok, responses = client.transaction(
-                compare=[client.transactions.create(key) == 0],
-                success=[client.transactions.put(key, value, lease=lease)],
-                failure=[client.transactions.get(key)],
-            )
-            if ok:
-                return True, None
-            client.revoke_lease(lease.id)
-            return False, responses[0][0][0]
+            ok = False
+            try:
+                ok, responses = client.transaction(
+                    compare=[client.transactions.create(key) == 0],
+                    success=[client.transactions.put(key, value, lease=lease)],
+                    failure=[client.transactions.get(key)],
+                )
+            finally:
+                if not ok:  # the key exists already, or the write failed: the lease is unused
+                    client.revoke_lease(lease.id)
+            return (True, None) if ok else (False, responses[0][0][0])
 
         created, existing = self.etcd.call(create)
         owner = None if existing is None else _parse(Notification, key, existing).run_id
