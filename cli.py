@@ -96,7 +96,13 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
     for row in rows:
         # Text, not markup: registry values come from any member of the federation.
         table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
-    Console().print(table)
+    if not table.row_count:
+        click.echo(f"{title}: none")
+        return
+    console = Console()
+    if not console.is_terminal:  # piped: keep long ids and URLs on one line
+        console = Console(width=max(console.width, 200))
+    console.print(table)
 
 
 def warn_invalid(invalid: Iterable[InvalidEntry]) -> None:
@@ -435,7 +441,7 @@ def dataset_clone(name: str, update: bool) -> None:
     dest = datasets.local_path(settings().importdir, name)
     item = registry().datasets.get(name)
     if update:
-        head = datasets.update(dest)
+        head = datasets.update(dest, url=item.url)
         click.echo(f"dataset {name} updated to {head[:12]} in {dest}")
         return
     from mao_celery.settings import redact_url
@@ -597,6 +603,24 @@ def members(as_json: bool) -> None:
 # ---- node ------------------------------------------------------------------------------------
 
 
+@main.command("config")
+@json_option
+def config_show(as_json: bool) -> None:
+    """Show the settings in force: MAO_* variables, then MAO_CONFIG's file, then defaults.
+
+    Exits 1 naming the first invalid setting. Passwords in URLs are masked.
+    """
+    from mao_celery.settings import redact_url
+
+    values = settings().model_dump(mode="json")
+    values["redis_url"] = redact_url(values["redis_url"])
+    if as_json:
+        print_json(values)
+    else:
+        for name, value in values.items():
+            click.echo(f"{name:<28} {value}")
+
+
 @main.command()
 @json_option
 def status(as_json: bool) -> None:
@@ -622,18 +646,19 @@ def report_lines(report: RunReport) -> list[str]:
         f"run        {report.run_id}",
         f"tool       {report.tool}  (node {report.node})",
         f"status     {report.status}",
-        f"image      {report.image}",
-        f"data dir   {report.data_dir}",
+        f"image      {report.image or 'n/a'}",
+        f"data dir   {report.data_dir or 'n/a'}",
     ]
     if report.exit_code is not None:
         lines.append(f"exit code  {report.exit_code}")
     spike = report.spike
     if spike is not None:
+        files = "file" if len(spike.files) == 1 else "files"
         lines += [
-            f"snapshots  {len(spike.files)} valid control files ({len(spike.new_files)} new)",
-            f"baseline   {spike.baseline}",
-            f"current    {spike.latest}",
-            f"difference {spike.difference}",
+            f"snapshots  {len(spike.files)} valid control {files} ({len(spike.new_files)} new)",
+            f"baseline   {_or_na(spike.baseline)}",
+            f"current    {_or_na(spike.latest)}",
+            f"difference {_or_na(spike.difference)}",
             f"gain       {'undefined' if spike.gain_pct is None else f'{spike.gain_pct:+.2f}%'}",
             f"spike      {'YES' if spike.spike else 'no'}  ({spike.reason})",
         ]
@@ -649,6 +674,10 @@ def report_lines(report: RunReport) -> list[str]:
         lines.append("log tail:")
         lines += ["  " + line for line in report.log_tail.splitlines()]
     return lines
+
+
+def _or_na(value: float | None) -> str:
+    return "n/a" if value is None else str(value)
 
 
 if __name__ == "__main__":

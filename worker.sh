@@ -132,7 +132,15 @@ run_flower() {
   exec "${CELERY[@]}" flower --address="$address" --port="$port"
 }
 
+case ${1:-all} in
+  -h | --help)
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+    ;;
+esac
 [[ -x .venv/bin/celery ]] || die "no .venv/bin/celery in $PWD; run scripts/setup.sh first"
+# The node's settings, checked once here: an invalid one is one line, not a Celery traceback.
+.venv/bin/maoctl config >/dev/null || exit 1
 [[ $CONCURRENCY =~ ^[1-9][0-9]*$ ]] ||
   die "MAO_WORKER_CONCURRENCY=$CONCURRENCY is not a positive whole number"
 [[ $GRACE_S =~ ^[0-9]+$ ]] || die "MAO_SHUTDOWN_GRACE_S=$GRACE_S is not a whole number of seconds"

@@ -29,6 +29,7 @@ _SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 # Messages (under LC_ALL=C, which GitPython sets) of git refusing the URL rather than the remote
 # failing to answer.
 _REFUSED_MARKERS = ("not allowed", "not supported", "unable to find remote helper")
+_MISSING_MARKERS = ("does not exist", "does not appear to be a git repository", "not found")
 SHORT_SHA_LEN = 12
 
 
@@ -76,7 +77,9 @@ def clone(url: str, dest: Path, *, timeout_s: float = 600.0) -> Path:
     except ValueError as e:
         raise InvalidInput(str(e)) from e
     if os.path.lexists(dest):
-        raise AlreadyExists(f"{dest} already exists: use --update to fast-forward it")
+        if dest.is_dir() and _describe(dest).is_git:
+            raise AlreadyExists(f"{dest} already exists: use --update to fast-forward it")
+        raise AlreadyExists(f"{dest} already exists and is not a git clone: move it away first")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".clone-{dest.name}-", dir=dest.parent.absolute()))
@@ -92,12 +95,15 @@ def clone(url: str, dest: Path, *, timeout_s: float = 600.0) -> Path:
     return dest
 
 
-def update(dest: Path, *, timeout_s: float = 600.0) -> str:
+def update(dest: Path, *, url: str | None = None, timeout_s: float = 600.0) -> str:
     """Fast-forward the clone at `dest` to its upstream branch; return the new HEAD sha (40 hex).
 
     Works like `git pull --ff-only`: fetch, then merge only when that is a fast-forward, so a
     refused update leaves the clone as it was. Each git command is killed after `timeout_s`
     seconds (default 600).
+
+    `url`, when given, must be the clone's `origin`: a directory cloned from elsewhere (another
+    dataset's, or a tool's data directory of the same name) is not touched.
 
     Raises:
         NotFound: `dest` is not a git clone with an `origin` remote.
@@ -108,11 +114,12 @@ def update(dest: Path, *, timeout_s: float = 600.0) -> str:
     remote = _describe(dest).remote if dest.is_dir() else None
     if remote is None:
         raise NotFound(f"{dest} is not a git clone with an 'origin' remote: clone it first")
+    _check_origin(dest, remote, url)
     _git(["fetch", "--quiet"], cwd=dest, endpoint=remote, timeout_s=timeout_s)
     status, _, stderr = _run(["merge", "--ff-only", "--quiet"], cwd=dest, timeout_s=timeout_s)
     if status != 0:
         raise InvalidInput(
-            f"cannot fast-forward {dest}: {_last_line(stderr)}; "
+            f"cannot fast-forward {dest}: {_git_message(stderr)}; "
             "reconcile local commits or changes by hand, or clone afresh"
         )
     with git.Repo(dest) as repo:
@@ -131,12 +138,7 @@ def ensure_clone(url: str, dest: Path, *, timeout_s: float = 600.0) -> bool:
         AlreadyExists, ServiceUnavailable: as `clone` (AlreadyExists when `dest` is a file).
     """
     if dest.is_dir():
-        remote = _describe(dest).remote
-        if remote is not None and remote != url:
-            raise InvalidInput(
-                f"{dest} is a clone of {remove_password_if_present([remote])[0]}, not of "
-                f"{remove_password_if_present([url])[0]}: move it away to clone afresh"
-            )
+        _check_origin(dest, _describe(dest).remote, url)
         return False
     clone(url, dest, timeout_s=timeout_s)
     return True
@@ -186,18 +188,32 @@ def _git(args: list[str], *, cwd: Path, endpoint: str, timeout_s: float) -> str:
 
     Raises:
         InvalidInput: git refused the URL (e.g. a transport that is not allowed).
-        ServiceUnavailable: any other failure, with git's last stderr line.
+        NotFound: there is no repository at the URL (not worth a retry).
+        ServiceUnavailable: any other failure, with git's message.
     """
     status, stdout, stderr = _run(args, cwd=cwd, timeout_s=timeout_s)
     if status == 0:
         return stdout
-    detail = _last_line(stderr)
+    detail = _git_message(stderr)
     [shown] = remove_password_if_present([endpoint])
     if any(marker in detail for marker in _REFUSED_MARKERS):
         raise InvalidInput(f"git refused the URL {shown!r}: {detail}")
+    if any(marker in detail for marker in _MISSING_MARKERS):
+        raise NotFound(f"no git repository at {shown}: {detail}")
     raise ServiceUnavailable("git", shown, detail)
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no message from git"
+def _check_origin(dest: Path, remote: str | None, url: str | None) -> None:
+    """Raise InvalidInput when the clone at `dest` comes from `remote`, not from `url`."""
+    if remote is not None and url is not None and remote != url:
+        [shown_remote, shown_url] = remove_password_if_present([remote, url])
+        raise InvalidInput(
+            f"{dest} is a clone of {shown_remote}, not of {shown_url}: move it away to clone afresh"
+        )
+
+
+def _git_message(stderr: str) -> str:
+    """git's first `fatal:` line (its reason), else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    fatal = [line for line in lines if line.startswith("fatal:")]
+    return (fatal or lines or ["no message from git"])[0 if fatal else -1]

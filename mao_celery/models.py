@@ -131,7 +131,7 @@ class Tool(_Model):
     author: Annotated[str, Field(min_length=1, max_length=256)]
     image: ImageRef
     data_repo: GitUrl
-    code_repo: Annotated[str, Field(min_length=1, max_length=2048)]
+    code_repo: GitUrl
     artefact: Annotated[str, Field(min_length=1, max_length=256)]
     description: Text = ""
     spike_window: Annotated[int, Field(ge=1, le=1000)] | None = None

@@ -130,8 +130,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in REDIS_SCHEMES:
+        parts = urlsplit(value)
+        if parts.scheme not in REDIS_SCHEMES:
             raise ValueError(f"{redact_url(value)!r} is not a redis://, rediss:// or unix:// URL")
+        if parts.scheme != "unix" and not re.fullmatch(r"/?|/\d+", parts.path):
+            raise ValueError(f"{redact_url(value)!r}: the path must be a database number, e.g. /0")
         return value
 
     @field_validator("node_id")

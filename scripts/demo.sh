@@ -48,8 +48,11 @@ if [[ ! -d $DEMO_REPO ]]; then
   rm -rf "$work"
 fi
 
-if maoctl tool get demo >/dev/null 2>&1; then
+if registered=$(maoctl tool get demo --json 2>/dev/null); then
   say "tool demo: already registered"
+  [[ $registered == *"\"data_repo\": \"file://$DEMO_REPO\""* ]] ||
+    say "note: the registered demo tool is another clone's or node's (its data repository is" \
+      "not $DEMO_REPO); this run uses it as registered"
 else
   maoctl tool add demo "MAO demo" "$DEMO_IMAGE" "file://$DEMO_REPO" \
     https://example.org/mao/demo-tool csv --description "Mock collector that trips the spike rule"

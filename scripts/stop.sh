@@ -18,7 +18,8 @@ alive() {
   [[ -n $state && $state != Z ]]
 }
 
-# stop_service NAME COMMAND: stops the pid in var/run/NAME.pid if that process is still COMMAND.
+# stop_service NAME COMMAND: stops the pid in var/run/NAME.pid if that process still runs COMMAND
+# (its command line names it: worker.sh runs as "bash ./worker.sh all").
 stop_service() {
   local name=$1 command=$2 pidfile=$RUN/$1.pid pid deadline
   if [[ ! -f $pidfile ]]; then
@@ -26,7 +27,8 @@ stop_service() {
     return
   fi
   pid=$(<"$pidfile")
-  if [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" && [[ $(<"/proc/$pid/comm") == "$command" ]]; then
+  if [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" &&
+    [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"$command"* ]]; then
     say "$name: stopping pid $pid"
     kill -TERM "$pid"
     deadline=$((SECONDS + STOP_TIMEOUT_S))

@@ -116,11 +116,18 @@ def test_clone_into_existing_dest_is_refused_and_dest_unchanged(
     dest.mkdir()
     (dest / "mine.txt").write_text("keep")
 
-    with pytest.raises(AlreadyExists, match="--update"):
+    with pytest.raises(AlreadyExists, match="is not a git clone: move it away"):
         datasets.clone(str(upstream.bare), dest)
 
     assert listing(dest) == ["mine.txt"]
     assert listing(importdir) == ["weather"]
+
+
+def test_clone_over_a_clone_points_to_update(upstream: Upstream, importdir: Path) -> None:
+    dest = datasets.clone(str(upstream.bare), importdir / "weather")
+
+    with pytest.raises(AlreadyExists, match="use --update to fast-forward it"):
+        datasets.clone(str(upstream.bare), dest)
 
 
 @pytest.mark.parametrize("source", ["missing_path", "missing_file_url", "not_a_repo"])
@@ -136,7 +143,7 @@ def test_failed_clone_leaves_no_directory(tmp_path: Path, importdir: Path, sourc
     (importdir / "existing").mkdir()
     before = listing(importdir)
 
-    with pytest.raises(ServiceUnavailable, match="git unreachable at"):
+    with pytest.raises(NotFound, match=r"no git repository at .*: fatal: "):
         datasets.clone(url, importdir / "weather")
 
     assert listing(importdir) == before
@@ -244,13 +251,24 @@ def test_update_of_non_clone_is_not_found(importdir: Path, kind: str) -> None:
         datasets.update(dest)
 
 
-def test_update_with_unreachable_remote_is_service_unavailable(
+def test_update_refuses_a_clone_of_another_repository(upstream: Upstream, importdir: Path) -> None:
+    dest = datasets.clone(str(upstream.bare), importdir / "weather")
+    before = run_git("rev-parse", "HEAD", cwd=dest)
+    upstream.push_file("new.csv", "1\n")
+
+    with pytest.raises(InvalidInput, match="is a clone of"):
+        datasets.update(dest, url="https://example.org/another.git")
+
+    assert run_git("rev-parse", "HEAD", cwd=dest) == before
+
+
+def test_update_from_a_remote_that_is_gone_is_not_found(
     upstream: Upstream, importdir: Path
 ) -> None:
     dest = datasets.clone(str(upstream.bare), importdir / "weather")
     upstream.bare.rename(upstream.bare.with_name("moved.git"))
 
-    with pytest.raises(ServiceUnavailable, match=f"git unreachable at {upstream.bare}"):
+    with pytest.raises(NotFound, match=f"no git repository at {upstream.bare}"):
         datasets.update(dest)
 
 
