@@ -181,6 +181,14 @@ def test_a_killed_node_leaves_the_federation_within_the_member_ttl(
     assert MEMBER_TTL_S - HEARTBEAT_INTERVAL_S - 3 <= gone_s <= MEMBER_TTL_S + 2, gone_s
 
 
+def stop_with_sigterm(script: Script) -> tuple[int, float]:
+    """SIGTERM a started worker.sh; return its exit code and how long it took to exit, in s."""
+    signalled = time.monotonic()
+    script.process.send_signal(signal.SIGTERM)
+    code = script.process.wait(timeout=60)
+    return code, time.monotonic() - signalled
+
+
 def test_a_run_outliving_the_grace_period_is_interrupted_and_its_lock_freed(
     node: NodeUnderTest,
     worker_sh: StartScript,
@@ -192,10 +200,7 @@ def test_a_run_outliving_the_grace_period_is_interrupted_and_its_lock_freed(
     script = worker_sh("worker", env={"MAO_SHUTDOWN_GRACE_S": "2"})
     run_id, _ = start_running(node, docker_client, "sleeper")
 
-    signalled = time.monotonic()
-    script.process.send_signal(signal.SIGTERM)
-    code = script.process.wait(timeout=60)
-    stopped_s = time.monotonic() - signalled
+    code, stopped_s = stop_with_sigterm(script)
 
     assert code == 0, script.log()
     assert stopped_s < 20, script.log()
@@ -261,10 +266,7 @@ def test_a_run_ending_within_the_grace_period_is_not_interrupted(
     script = worker_sh("worker", env={"MAO_SHUTDOWN_GRACE_S": "20"})
     run_id, _ = start_running(node, docker_client, "brief")
 
-    signalled = time.monotonic()
-    script.process.send_signal(signal.SIGTERM)
-    code = script.process.wait(timeout=60)
-    stopped_s = time.monotonic() - signalled
+    code, stopped_s = stop_with_sigterm(script)
 
     assert code == 0, script.log()
     assert stopped_s < 15, script.log()
