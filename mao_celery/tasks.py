@@ -172,12 +172,12 @@ def run(ctx: Node, report: RunReport) -> RunReport:
 
 def adopted_outcome(ctx: Node, report: RunReport) -> RunReport:
     """The report recorded by the twin task that finished and removed this run's container."""
-    done = ctx.runs.wait(
-        report.run_id,
-        lambda r: run_container.name in r.steps_done or r.status in TERMINAL_STATUSES,
-        ADOPTION_WAIT_S,
-    )
-    if run_container.name not in done.steps_done and done.status not in TERMINAL_STATUSES:
+
+    def recorded(r: RunReport) -> bool:
+        return run_container.name in r.steps_done or r.status in TERMINAL_STATUSES
+
+    done = ctx.runs.wait(report.run_id, recorded, ADOPTION_WAIT_S)
+    if not recorded(done):
         return fail(report, "the run's container vanished before its outcome was recorded")
     return done
 
