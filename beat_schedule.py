@@ -7,6 +7,7 @@ from typing import Any
 
 NOTIFICATION_LISTENER_INTERVAL_S = 10.0
 HEARTBEAT_INTERVAL_S = 10.0
+LOST_RUNS_INTERVAL_S = 600.0
 
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "mao-listen-notifications": {
@@ -18,5 +19,10 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "mao.heartbeat",
         "schedule": HEARTBEAT_INTERVAL_S,
         "options": {"expires": HEARTBEAT_INTERVAL_S},
+    },
+    "mao-fail-lost-runs": {
+        "task": "mao.fail_lost_runs",
+        "schedule": LOST_RUNS_INTERVAL_S,
+        "options": {"expires": LOST_RUNS_INTERVAL_S},
     },
 }

@@ -12,7 +12,7 @@ from celery import Celery, chain
 from celery.canvas import Signature
 
 from mao_celery.exceptions import ServiceUnavailable
-from mao_celery.models import RunReport, RunStatus, utcnow
+from mao_celery.models import RunReport
 from mao_celery.registry import Registry
 from mao_celery.runs import RunStore
 from mao_celery.settings import Settings, redact_url
@@ -65,13 +65,6 @@ def start_run(
     try:
         run_chain(app, report).apply_async()
     except Exception as e:
-        runs.save(fail(report, f"could not send the run to the workers: {e}"))
+        runs.save(report.failed(f"could not send the run to the workers: {e}"))
         raise ServiceUnavailable("Redis", redact_url(conf.redis_url), str(e)) from e
     return report
-
-
-def fail(report: RunReport, reason: str) -> RunReport:
-    """`report` marked failed for `reason` (one line)."""
-    return report.model_copy(
-        update={"status": RunStatus.FAILED, "error": reason, "finished_at": utcnow()}
-    )

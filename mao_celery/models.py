@@ -261,6 +261,14 @@ class RunReport(BaseModel):
     notification_key: str | None = None
     error: str | None = None
 
+    def ended(self, status: RunStatus, reason: str) -> RunReport:
+        """A copy of this report ended with `status` (failed or interrupted) for `reason`."""
+        return self.model_copy(update={"status": status, "error": reason, "finished_at": utcnow()})
+
+    def failed(self, reason: str) -> RunReport:
+        """A copy of this report marked failed for `reason` (one line)."""
+        return self.ended(RunStatus.FAILED, reason)
+
 
 def build(model: type[M], **fields: Any) -> M:
     """Build and validate `model(**fields)`.

@@ -134,6 +134,34 @@ class RunStore:
             pipe.delete(*(RUN_KEY + run_id for run_id in old))
             pipe.execute()
 
+    def fail_lost(self, older_than_s: float) -> list[str]:
+        """Mark failed ("lost") every run queued more than `older_than_s` seconds ago that has
+        not ended: its worker and its task were both lost, so nothing else will end it. Saving
+        it releases its tool's lock. Returns the run ids.
+
+        Raises:
+            InvalidInput: a stored record is invalid.
+            ServiceUnavailable: Redis did not answer.
+        """
+        cutoff_ts = time.time() - older_than_s
+
+        def read() -> list[str | None]:
+            run_ids = [
+                run_id
+                for key in self._redis.scan_iter(match=_runs_key("*"))
+                for run_id in cast(list[str], self._redis.zrangebyscore(key, 0, cutoff_ts))
+            ]
+            if not run_ids:
+                return []
+            return cast(list[str | None], self._redis.mget([RUN_KEY + r for r in run_ids]))
+
+        reports = [_parse("a tool", raw) for raw in self._call(read) if raw]
+        lost = [report for report in reports if report.status not in TERMINAL_STATUSES]
+        reason = f"lost: not finished {older_than_s:g} s after it was queued (worker and task lost)"
+        for report in lost:
+            self.save(report.failed(reason))
+        return [report.run_id for report in lost]
+
     def get(self, run_id: str) -> RunReport:
         """The report of run `run_id`.
 

@@ -17,7 +17,7 @@ import requests
 
 from mao_celery import containers
 from mao_celery.exceptions import MaoError, NotFound, ServiceUnavailable
-from mao_celery.models import RunStatus, utcnow
+from mao_celery.models import RunStatus
 from mao_celery.runs import RunStore
 from mao_celery.settings import load_settings
 
@@ -65,15 +65,7 @@ def interrupt_running_runs(
             continue
         if report.status.terminal:
             continue
-        runs.save(
-            report.model_copy(
-                update={
-                    "status": RunStatus.INTERRUPTED,
-                    "error": error,
-                    "finished_at": utcnow(),
-                }
-            )
-        )
+        runs.save(report.ended(RunStatus.INTERRUPTED, error))
         interrupted.append(run_id)
     if interrupted:
         containers.stop_run_containers(client, run_ids=interrupted, timeout_s=stop_timeout_s)

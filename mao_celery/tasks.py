@@ -33,7 +33,7 @@ from mao_celery.enqueue import (
     PREPARE_DATASET,
     PUBLISH_NOTIFICATION,
     RUN_CONTAINER,
-    fail,
+    lock_ttl_s,
     start_run,
 )
 from mao_celery.exceptions import AlreadyRunning, MaoError, NotFound, ServiceUnavailable
@@ -106,12 +106,12 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
     except ServiceUnavailable as e:
         if task.request.retries < STEP_RETRIES:
             raise task.retry(exc=e, countdown=2 ** (task.request.retries + 1)) from e
-        report = fail(report, str(e))
+        report = report.failed(str(e))
     except MaoError as e:
-        report = fail(report, str(e))
+        report = report.failed(str(e))
     except Exception as e:
         log.exception("run %s: step %s crashed", report.run_id, task.name)
-        report = fail(report, f"internal error in {task.name}: {type(e).__name__}: {e}")
+        report = report.failed(f"internal error in {task.name}: {type(e).__name__}: {e}")
     if task.name not in report.steps_done:
         report.steps_done.append(task.name)
     ctx.runs.save(report)
@@ -164,9 +164,9 @@ def run(ctx: Node, report: RunReport) -> RunReport:
         }
     )
     if outcome.timed_out:
-        return fail(report, f"timeout: the tool ran longer than {report.timeout_s:g} s, killed")
+        return report.failed(f"timeout: the tool ran longer than {report.timeout_s:g} s, killed")
     if outcome.exit_code != 0:
-        return fail(report, f"the tool exited with code {outcome.exit_code}")
+        return report.failed(f"the tool exited with code {outcome.exit_code}")
     return report
 
 
@@ -178,7 +178,7 @@ def adopted_outcome(ctx: Node, report: RunReport) -> RunReport:
 
     done = ctx.runs.wait(report.run_id, recorded, ADOPTION_WAIT_S)
     if not recorded(done):
-        return fail(report, "the run's container vanished before its outcome was recorded")
+        return report.failed("the run's container vanished before its outcome was recorded")
     return done
 
 
@@ -275,6 +275,17 @@ def listen_notifications() -> list[str]:
     """Periodic: log the federation's new spike notifications (see `log_new_notifications`)."""
     ctx = node()
     return log_new_notifications(ctx.registry, ctx.runs)
+
+
+@app.task(name="mao.fail_lost_runs")
+def fail_lost_runs() -> list[str]:
+    """Periodic: end the runs that nothing will end any more (see `RunStore.fail_lost`), once
+    they are older than a tool lock's lifetime (`enqueue.lock_ttl_s`)."""
+    ctx = node()
+    lost = ctx.runs.fail_lost(lock_ttl_s(ctx.settings))
+    if lost:
+        log.warning("runs lost (worker and task gone), marked failed: %s", ", ".join(lost))
+    return lost
 
 
 # ---- schedules and membership ----------------------------------------------------------------

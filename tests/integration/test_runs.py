@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import docker
 import pytest
@@ -256,3 +257,26 @@ def test_a_container_outliving_the_visibility_timeout_runs_once_and_notifies_onc
     assert (node.importdir / "long" / "starts.txt").read_text().count("start") == 1
     notifications = json.loads(node.maoctl("notifications", "list", "--json").stdout)
     assert [n["run_id"] for n in notifications] == [report.run_id]
+
+
+def test_runs_that_nothing_will_end_are_failed_as_lost_and_free_their_tool(
+    node: NodeUnderTest,
+) -> None:
+    runs = node.runs()
+    long_ago = datetime.now(UTC) - timedelta(hours=3)
+    lost = RunReport(run_id="lost-run", tool="orphan", node="node-a", queued_at=long_ago)
+    recent = RunReport(run_id="recent-run", tool="busy", node="node-a")
+    ended = RunReport(run_id="ended-run", tool="done", node="node-a", queued_at=long_ago)
+    for report in (lost, recent, ended):
+        runs.begin(report, lock_ttl_s=3600)
+    runs.save(ended.failed("the tool exited with code 1"))
+
+    failed = runs.fail_lost(older_than_s=3600)
+
+    assert failed == ["lost-run"]
+    assert runs.get("lost-run").status == RunStatus.FAILED
+    assert (runs.get("lost-run").error or "").startswith("lost: not finished 3600 s after")
+    assert runs.holder("orphan") is None
+    assert runs.get("recent-run").status == RunStatus.QUEUED
+    assert runs.holder("busy") == "recent-run"
+    assert runs.get("ended-run").error == "the tool exited with code 1"
