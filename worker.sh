@@ -63,7 +63,7 @@ start_worker() {
 }
 
 start_beat() {
-  "${CELERY[@]}" beat -l info -S redbeat.RedBeatScheduler &
+  "${CELERY[@]}" beat -l info -S mao_celery.beat.RedBeatScheduler &
   BEAT_PID=$!
   PIDS+=("$BEAT_PID")
   say "beat started (pid $BEAT_PID)"
@@ -152,7 +152,7 @@ case ${1:-all} in
     [[ ${1:-all} == worker ]] || start_beat
     supervise
     ;;
-  beat) exec "${CELERY[@]}" beat -l info -S redbeat.RedBeatScheduler ;;
+  beat) exec "${CELERY[@]}" beat -l info -S mao_celery.beat.RedBeatScheduler ;;
   flower) run_flower ;;
   *) die "unknown role '$1': use worker.sh [all|worker|beat|flower]" ;;
 esac

@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> Celery:
         timezone="UTC",
         enable_utc=True,
         beat_schedule=BEAT_SCHEDULE,
-        beat_scheduler="redbeat.RedBeatScheduler",
+        beat_scheduler="mao_celery.beat.RedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix="mao:beat:",
         redbeat_redis_options={},

@@ -239,8 +239,11 @@ def test_a_container_outliving_the_visibility_timeout_runs_once_and_notifies_onc
 
     def watch_containers() -> None:
         while not stop.is_set():
-            for c in docker_client.containers.list(all=True, filters={"label": "mao.tool=long"}):
-                seen.add(c.id)
+            # ignore_removed: a container removed between listing and inspection is skipped
+            found = docker_client.containers.list(
+                all=True, filters={"label": "mao.tool=long"}, ignore_removed=True
+            )
+            seen.update(c.id for c in found)
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch_containers)
