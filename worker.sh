@@ -17,7 +17,8 @@
 # the running ones go on) and MAO_SHUTDOWN_GRACE_S seconds to exit. If it is still running, the
 # runs still in their containers are interrupted (python -m mao_celery.shutdown: marked
 # interrupted, their containers stopped) and the worker gets 30 s more, then SIGKILL. Beat gets
-# SIGTERM last. Exits 0; 1 on invalid settings or when the worker or beat ended by itself.
+# SIGTERM last. Exits 0; 1 on invalid settings. A worker or beat that ends by itself (a crash,
+# e.g. kombu's on some Redis restarts) is started again 5 s later.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -26,6 +27,7 @@ CONCURRENCY=${MAO_WORKER_CONCURRENCY:-2}
 GRACE_S=${MAO_SHUTDOWN_GRACE_S:-60}
 AFTER_INTERRUPT_S=30
 BEAT_STOP_S=10
+RESTART_DELAY_S=5
 WORKER_PID=
 BEAT_PID=
 PIDS=()
@@ -91,20 +93,27 @@ stop_beat() {
   kill -KILL "$BEAT_PID" 2>/dev/null || true
 }
 
-# supervise: waits for SIGTERM/SIGINT or for a process to end by itself, then stops the others.
-# (A signal interrupts `wait`, which then leaves `ended` unset.)
+# supervise: until SIGTERM/SIGINT, restarts the worker or beat when it ends by itself (a crash),
+# RESTART_DELAY_S seconds later; then stops both. (A signal interrupts `wait`, which then leaves
+# `ended` unset.)
 supervise() {
-  local ended='' status=0
-  while ! $STOPPING && [[ -z ${ended:-} ]]; do
+  local ended status pid others
+  while ! $STOPPING; do
+    ended='' status=0
     wait -n -p ended "${PIDS[@]}" || status=$?
+    [[ -n ${ended:-} ]] || continue
+    others=()
+    for pid in "${PIDS[@]}"; do [[ $pid == "$ended" ]] || others+=("$pid"); done
+    PIDS=("${others[@]}")
+    say "process $ended ended by itself (exit $status): restarting it in $RESTART_DELAY_S s"
+    sleep "$RESTART_DELAY_S" &
+    wait $! || true
+    $STOPPING && break
+    if [[ $ended == "$WORKER_PID" ]]; then start_worker; else start_beat; fi
   done
-  if [[ -n ${ended:-} ]]; then
-    say "process $ended ended by itself (exit $status): stopping the node's other processes"
-  fi
   stop_worker
   stop_beat
   say "stopped"
-  [[ -z ${ended:-} ]]
 }
 
 is_loopback() {

@@ -166,6 +166,25 @@ def test_worker_sh_joins_the_federation_and_leaves_it_on_sigterm(
     assert "grace period" not in log
 
 
+def test_worker_sh_restarts_a_crashed_beat(node: NodeUnderTest, worker_sh: StartScript) -> None:
+    script = worker_sh("all")
+    children = subprocess.run(
+        ["pgrep", "-f", "-P", str(script.process.pid), "celery .* beat"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    assert len(children) == 1, script.log()
+
+    os.kill(int(children[0]), signal.SIGKILL)
+
+    script.wait_for_log("restarting it in 5 s", 10)
+    assert wait_until(lambda: script.log().count("beat: Starting...") == 2, 30), script.log()
+    assert script.process.poll() is None
+    script.process.send_signal(signal.SIGTERM)
+    assert script.process.wait(timeout=30) == 0, script.log()
+
+
 def test_a_killed_node_leaves_the_federation_within_the_member_ttl(
     node: NodeUnderTest, worker_sh: StartScript
 ) -> None:
