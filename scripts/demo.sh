@@ -4,7 +4,8 @@
 # which shows a spike, and the notification published for it. Idempotent: run it again for another run.
 #
 # Environment: MAO_DEMO_BASE_IMAGE (default mao-base:bookworm, the local base image set-up builds;
-# python:3.12-slim where a registry is reachable), and the node's MAO_* settings (see README).
+# python:3.12-slim where a registry is reachable), and the node's MAO_* settings (see README;
+# MAO_IMPORTDIR defaults to var/importdir here, MAO_TOOL_NETWORK to none).
 # Stop the node afterwards with scripts/stop.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,6 +15,8 @@ DEMO_IMAGE=mao-demo:latest
 DEMO_REPO=$VAR/demo/demo-data.git
 BASE_IMAGE=${MAO_DEMO_BASE_IMAGE:-mao-base:bookworm}
 export MAO_TOOL_NETWORK=${MAO_TOOL_NETWORK:-none}
+# The demo's data stays in this clone (var/importdir) unless MAO_IMPORTDIR says otherwise.
+export MAO_IMPORTDIR=${MAO_IMPORTDIR:-$VAR/importdir}
 
 say() { printf '[demo] %s\n' "$*"; }
 
