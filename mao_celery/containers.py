@@ -179,6 +179,30 @@ def run_container(client: docker.DockerClient, spec: ContainerSpec) -> Container
             raise ContainerGone(spec.run_id) from e
 
 
+def connect(timeout_s: float = 60.0) -> docker.DockerClient:
+    """A client of the Docker daemon named by the environment (DOCKER_HOST, or the default
+    socket); calls time out after `timeout_s` seconds.
+
+    Raises:
+        ServiceUnavailable: no daemon configuration could be found.
+    """
+    try:
+        return docker.from_env(timeout=int(timeout_s))
+    except docker.errors.DockerException as e:
+        raise ServiceUnavailable("Docker", "the local daemon", str(e).splitlines()[0]) from e
+
+
+def running_run_ids(client: docker.DockerClient) -> list[str]:
+    """The run ids of the MAO containers (labelled `mao.run_id`) running on the daemon.
+
+    Raises:
+        ServiceUnavailable: the Docker daemon did not answer.
+    """
+    with _docker_errors(client):
+        running = client.containers.list(filters={"label": LABEL_RUN_ID}, ignore_removed=True)
+    return [container.labels[LABEL_RUN_ID] for container in running]
+
+
 def stop_run_containers(
     client: docker.DockerClient,
     *,

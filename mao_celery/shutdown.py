@@ -13,7 +13,6 @@ import argparse
 import sys
 
 import docker
-import requests
 
 from mao_celery import containers
 from mao_celery.exceptions import MaoError, NotFound, ServiceUnavailable
@@ -46,19 +45,13 @@ def interrupt_running_runs(
     Raises:
         ServiceUnavailable: the Docker daemon or Redis did not answer.
     """
-    try:
-        running = client.containers.list(
-            filters={"label": containers.LABEL_RUN_ID}, ignore_removed=True
-        )
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-        raise ServiceUnavailable("Docker", client.api.base_url, " ".join(str(e).split())) from e
+    running = containers.running_run_ids(client)
     error = (
         "interrupted: the node shut down; the container was stopped after a grace period "
         f"of {grace_s:g} s"
     )
     interrupted: list[str] = []
-    for container in running:
-        run_id = container.labels[containers.LABEL_RUN_ID]
+    for run_id in running:
         try:
             report = runs.get(run_id)
         except NotFound:
@@ -107,10 +100,7 @@ def interrupt_node_runs(grace_s: float) -> list[str]:
         InvalidInput: the node's configuration is invalid.
     """
     conf = load_settings()
-    try:
-        client = docker.from_env()
-    except docker.errors.DockerException as e:
-        raise ServiceUnavailable("Docker", "the local daemon", str(e).splitlines()[0]) from e
+    client = containers.connect()
     runs = RunStore.from_url(conf.redis_url, conf.run_history)
     try:
         return interrupt_running_runs(client, runs, grace_s)

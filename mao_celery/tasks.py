@@ -67,10 +67,7 @@ class Node:
 
     @cached_property
     def docker(self) -> docker.DockerClient:
-        try:
-            return docker.from_env(timeout=60)
-        except docker.errors.DockerException as e:
-            raise ServiceUnavailable("Docker", "the local daemon", str(e).splitlines()[0]) from e
+        return containers.connect()
 
 
 @functools.cache
