@@ -444,7 +444,7 @@ def dataset_clone(name: str, update: bool) -> None:
         head = datasets.update(dest, url=item.url)
         click.echo(f"dataset {name} updated to {head[:12]} in {dest}")
         return
-    from mao_celery.settings import redact_url
+    from mao_celery.text import redact_url
 
     click.echo(f"cloning {redact_url(item.url)} into {dest} ...", err=True)
     datasets.clone(item.url, dest)
@@ -610,7 +610,7 @@ def config_show(as_json: bool) -> None:
 
     Exits 1 naming the first invalid setting. Passwords in URLs are masked.
     """
-    from mao_celery.settings import redact_url
+    from mao_celery.text import redact_url
 
     values = settings().model_dump(mode="json")
     values["redis_url"] = redact_url(values["redis_url"])

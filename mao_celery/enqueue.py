@@ -15,7 +15,8 @@ from mao_celery.exceptions import ServiceUnavailable
 from mao_celery.models import RunReport
 from mao_celery.registry import Registry
 from mao_celery.runs import RunStore
-from mao_celery.settings import Settings, redact_url
+from mao_celery.settings import Settings
+from mao_celery.text import redact_url
 
 PREPARE_DATASET = "mao.prepare_dataset"
 RUN_CONTAINER = "mao.run_container"

@@ -10,7 +10,8 @@ import redis
 
 from mao_celery.exceptions import ServiceUnavailable
 from mao_celery.registry import Etcd
-from mao_celery.settings import Settings, redact_url
+from mao_celery.settings import Settings
+from mao_celery.text import redact_url
 
 
 @dataclass(frozen=True)

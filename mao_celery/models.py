@@ -32,6 +32,7 @@ IMAGE_RE = re.compile(
     rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::{_TAG})?(?:@{_DIGEST})?"
 )
 IMAGE_NAME_MAX = 255
+NETWORK_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -50,6 +51,20 @@ def validate_name(value: str) -> str:
         raise ValueError(
             f"invalid name {value!r}: use 1-64 of a-z 0-9 . _ - , starting with a letter or digit"
         )
+    return value
+
+
+def validate_network(value: str) -> str:
+    """Check a Docker network mode a tool may ask for: `none`, `bridge`, `host` or a network name.
+
+    Whether a node grants it is the node's choice (`MAO_TOOL_NETWORKS_ALLOWED`), not the model's.
+
+    Raises:
+        ValueError: not a Docker network name (`[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}`), e.g.
+            `container:x`, which would share another container's network.
+    """
+    if not NETWORK_RE.fullmatch(value):
+        raise ValueError(f"invalid network {value!r}: expected e.g. 'none' or 'bridge'")
     return value
 
 
@@ -108,6 +123,7 @@ def validate_git_url(value: str) -> str:
 Name = Annotated[str, AfterValidator(validate_name)]
 ImageRef = Annotated[str, AfterValidator(validate_image)]
 GitUrl = Annotated[str, AfterValidator(validate_git_url)]
+Network = Annotated[str, AfterValidator(validate_network)]
 Text = Annotated[str, Field(max_length=4096)]
 
 
@@ -117,14 +133,17 @@ def utcnow() -> datetime:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Tool(_Model):
     """A registered data collector: a Docker image run against a data repository.
 
     `spike_window` (number of earlier values averaged into the baseline) and
-    `spike_threshold_pct` (percent) override the node's defaults when set.
+    `spike_threshold_pct` (percent) override the node's defaults when set. `network` is the
+    Docker network the tool asks for (None: the node's `MAO_TOOL_NETWORK`, default `none`); the
+    node runs it only if its `MAO_TOOL_NETWORKS_ALLOWED` lists it. `read_only_rootfs` False lets
+    an image that writes outside its data directory and `/tmp` have a writable root file system.
     """
 
     name: Name
@@ -135,7 +154,9 @@ class Tool(_Model):
     artefact: Annotated[str, Field(min_length=1, max_length=256)]
     description: Text = ""
     spike_window: Annotated[int, Field(ge=1, le=1000)] | None = None
-    spike_threshold_pct: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    spike_threshold_pct: Annotated[float, Field(gt=0)] | None = None
+    network: Network | None = None
+    read_only_rootfs: bool = True
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = ""
 
@@ -238,7 +259,7 @@ class RunReport(BaseModel):
     are the tool's, or the node's defaults, as they were when the run was prepared.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     run_id: str
     tool: Name

@@ -22,7 +22,7 @@ from mao_celery.exceptions import (
     describe_validation_error,
 )
 from mao_celery.models import TERMINAL_STATUSES, RunReport
-from mao_celery.settings import redact_url
+from mao_celery.text import redact_url
 
 T = TypeVar("T")
 

@@ -35,7 +35,7 @@ from redbeat.schedulers import ensure_conf, get_redis
 from mao_celery.exceptions import InvalidInput, NotFound, ServiceUnavailable
 from mao_celery.models import RunReport, RunStatus
 from mao_celery.runs import RunStore
-from mao_celery.settings import redact_url
+from mao_celery.text import redact_url
 
 TASK = "mao.scheduled_run"
 ENTRY_PREFIX = "tool:"

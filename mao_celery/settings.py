@@ -26,20 +26,15 @@ from pydantic_settings import (
 )
 
 from mao_celery.exceptions import InvalidInput, describe_validation_error
+from mao_celery.models import validate_network
+from mao_celery.text import redact_url
 
 DEFAULT_IMPORTDIR = Path.home() / ".local" / "share" / "mao" / "importdir"
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 # A node id becomes part of etcd keys (members, notifications): a host-name-like word.
 NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password, if any, replaced by `***` (for messages and `maoctl status`)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+# MAO_TOOL_USER: numeric uid:gid (names would need the image's /etc/passwd).
+TOOL_USER_RE = re.compile(r"(?P<uid>[0-9]{1,10}):(?P<gid>[0-9]{1,10})")
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -104,14 +99,17 @@ class Settings(BaseSettings):
     run_timeout_s: float = Field(default=3600.0, gt=0)
     run_memory_bytes: int = Field(default=1 << 30, ge=16 << 20)
     run_cpus: float | None = Field(default=None, gt=0)
-    tool_network: str | None = None
+    tool_user: str = "10001:10001"
+    tool_network: str = "none"
+    tool_networks_allowed: Annotated[list[str], NoDecode] = ["none"]
+    git_credentials_file: Path | None = None
     run_history: int = Field(default=50, ge=1)
     notification_retention_s: int = Field(default=30 * 24 * 3600, ge=60)
     broker_visibility_timeout_s: float | None = Field(default=None, gt=0)
 
-    @field_validator("etcd_endpoints", mode="before")
+    @field_validator("etcd_endpoints", "tool_networks_allowed", mode="before")
     @classmethod
-    def _split_endpoints(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -136,6 +134,32 @@ class Settings(BaseSettings):
         if parts.scheme != "unix" and not re.fullmatch(r"/?|/\d+", parts.path):
             raise ValueError(f"{redact_url(value)!r}: the path must be a database number, e.g. /0")
         return value
+
+    @field_validator("tool_user")
+    @classmethod
+    def _check_tool_user(cls, value: str) -> str:
+        match = TOOL_USER_RE.fullmatch(value)
+        if match is None or int(match["uid"]) == 0 or int(match["gid"]) == 0:
+            raise ValueError(
+                f"tool user {value!r}: use a non-root numeric uid:gid, e.g. 10001:10001"
+            )
+        return value
+
+    @field_validator("tool_network")
+    @classmethod
+    def _check_tool_network(cls, value: str) -> str:
+        return validate_network(value)
+
+    @field_validator("tool_networks_allowed")
+    @classmethod
+    def _check_tool_networks_allowed(cls, value: list[str]) -> list[str]:
+        return [validate_network(network) for network in value]
+
+    @property
+    def tool_uid_gid(self) -> tuple[int, int]:
+        """The uid and gid tool containers run as, and that owns their data directories."""
+        uid, gid = self.tool_user.split(":")
+        return int(uid), int(gid)
 
     @field_validator("node_id")
     @classmethod

@@ -113,7 +113,8 @@ def evaluate(
     A negative baseline is used as is, so the sign of the gain then is
     the opposite of the direction of the change (-100 -> -150 is a gain of +50 %).
     A zero baseline leaves the gain undefined (None): a spike when latest is not zero, none when
-    it is zero too. Values near the float limits may give an infinite difference or gain.
+    it is zero too. Values near the float limits whose difference or gain overflows leave it
+    undefined (None) too, counted as a spike: reports hold finite numbers only (strict JSON).
 
     Returns:
         (baseline, difference, gain_pct, spike, reason); baseline, difference and gain_pct are
@@ -141,6 +142,10 @@ def evaluate(
         reason = f"gain undefined: baseline is zero and latest is {latest:g}, counted as a spike"
         return baseline, difference, None, True, reason
     gain_pct = 100 * difference / baseline
+    if not (math.isfinite(difference) and math.isfinite(gain_pct)):
+        shown = difference if math.isfinite(difference) else None
+        reason = "gain undefined: too large to compute, counted as a spike"
+        return baseline, shown, None, True, reason
     spike = abs(gain_pct) > threshold_pct
     verdict = "exceeds threshold" if spike else "within threshold"
     return (
