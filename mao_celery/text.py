@@ -6,7 +6,8 @@ Two rules, each written once and used by every listing, `--json`, error and log 
 - `printable`: a string shown on a terminal or written to a log line never carries a control
   character (newline, ESC/CSI/OSC sequences, NUL, C1 controls, bidirectional overrides): each is
   shown as its Python escape (`\\n`, `\\x1b`, `\\u202e`), so a value cannot forge a line or drive
-  the terminal. Multi-line text (a container's log tail) is split into lines first, each made printable.
+  the terminal. Multi-line text (a container's log tail) is split into lines first, each made
+  printable.
 
 This module imports nothing of ours: every layer may use it.
 """
