@@ -26,6 +26,7 @@ RUN if ls /tmp/debs/*.deb >/dev/null 2>&1; then dpkg -i /tmp/debs/*.deb; \
  && git --version
 COPY --from=venv /opt/mao/.venv /opt/mao/.venv
 COPY worker.sh /opt/mao/worker.sh
+COPY scripts/lib.sh /opt/mao/scripts/lib.sh
 ENV PATH=/opt/mao/.venv/bin:$PATH PYTHONUNBUFFERED=1
 WORKDIR /opt/mao
 ENTRYPOINT ["bash", "/opt/mao/worker.sh"]

@@ -33,29 +33,9 @@ BEAT_PID=
 PIDS=()
 STOPPING=false
 
-say() { printf '[worker.sh] %s\n' "$*"; }
-die() {
-  printf '[worker.sh] ERROR: %s\n' "$*" >&2
-  exit 1
-}
-
-# alive PID: the process exists and is not a zombie (the state follows the ")" closing its name).
-alive() {
-  local stat
-  [[ -n $1 ]] || return 1
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [[ ${stat%% *} != Z ]]
-}
-
-# wait_exit PID SECONDS: succeeds once PID has exited; fails if it still runs after SECONDS.
-wait_exit() {
-  local deadline=$((SECONDS + $2))
-  while alive "$1"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
+LOG_TAG=worker.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 start_worker() {
   "${CELERY[@]}" worker -l info -E -c "$CONCURRENCY" &

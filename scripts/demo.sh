@@ -5,7 +5,7 @@
 #
 # Environment: MAO_DEMO_BASE_IMAGE (default mao-base:bookworm, the local base image set-up builds;
 # python:3.12-slim where a registry is reachable), and the node's MAO_* settings (see README;
-# MAO_IMPORTDIR defaults to var/importdir here, MAO_TOOL_NETWORK to none).
+# MAO_IMPORTDIR defaults to var/importdir here).
 # Stop the node afterwards with scripts/stop.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,25 +14,24 @@ VAR=$PWD/var
 DEMO_IMAGE=mao-demo:latest
 DEMO_REPO=$VAR/demo/demo-data.git
 BASE_IMAGE=${MAO_DEMO_BASE_IMAGE:-mao-base:bookworm}
-export MAO_TOOL_NETWORK=${MAO_TOOL_NETWORK:-none}
 # The demo's data stays in this clone (var/importdir) unless MAO_IMPORTDIR says otherwise.
 export MAO_IMPORTDIR=${MAO_IMPORTDIR:-$VAR/importdir}
 
-say() { printf '[demo] %s\n' "$*"; }
+LOG_TAG=demo
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 bash scripts/setup.sh
 PATH=$PWD/.venv/bin:$PATH
 
 node_running() {
-  [[ -f $VAR/run/node.pid ]] && kill -0 "$(<"$VAR/run/node.pid")" 2>/dev/null
+  [[ -f $VAR/run/node.pid ]] && alive "$(<"$VAR/run/node.pid")"
 }
 if node_running; then
   say "node: worker and beat already running (pid $(<"$VAR/run/node.pid"))"
 else
   say "node: starting worker and beat with worker.sh (log var/log/node.log)"
-  # shellcheck disable=SC2016 # $$ and $@ belong to the inner bash
-  setsid bash -c 'echo $$ >"$0" && exec "$@"' "$VAR/run/node.pid" ./worker.sh all \
-    </dev/null >"$VAR/log/node.log" 2>&1 &
+  start_detached "$VAR/run/node.pid" "$VAR/log/node.log" ./worker.sh all
 fi
 
 say "image $DEMO_IMAGE: building from demo_tool/ on $BASE_IMAGE"

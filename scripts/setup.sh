@@ -18,11 +18,9 @@ BASE_IMAGE=mao-base:bookworm
 BUSYBOX_IMAGE=mao-busybox:latest
 TEMP_DIRS=()
 
-say() { printf '[setup] %s\n' "$*"; }
-die() {
-  printf '[setup] ERROR: %s\n' "$*" >&2
-  exit 1
-}
+LOG_TAG=setup
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # wait_until SECONDS CMD...: succeeds as soon as CMD does; fails once SECONDS have passed.
 wait_until() {
@@ -34,14 +32,11 @@ wait_until() {
   done
 }
 
-# start_detached NAME CMD...: runs CMD in its own session with no stdin, output in var/log/NAME.log
-# and its pid in var/run/NAME.pid (written by the process itself just before exec).
-start_detached() {
+# start_service NAME CMD...: start_detached with var/run/NAME.pid and var/log/NAME.log.
+start_service() {
   local name=$1
   shift
-  # shellcheck disable=SC2016 # $$ and $@ belong to the inner bash
-  setsid bash -c 'echo $$ >"$0" && exec "$@"' "$VAR/run/$name.pid" "$@" \
-    </dev/null >"$VAR/log/$name.log" 2>&1 &
+  start_detached "$VAR/run/$name.pid" "$VAR/log/$name.log" "$@"
 }
 
 # remove_tree DIR: unmounts whatever a failed debootstrap left mounted under DIR, then deletes DIR.
@@ -119,7 +114,7 @@ start_etcd() {
   fi
   say "etcd: starting on 127.0.0.1:$ETCD_PORT, peer port $ETCD_PEER_PORT (log var/log/etcd.log)"
   local client_url=http://127.0.0.1:$ETCD_PORT peer_url=http://127.0.0.1:$ETCD_PEER_PORT
-  start_detached etcd etcd --name mao-node --data-dir "$VAR/etcd" \
+  start_service etcd etcd --name mao-node --data-dir "$VAR/etcd" \
     --listen-client-urls "$client_url" --advertise-client-urls "$client_url" \
     --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" \
     --initial-cluster "mao-node=$peer_url"
@@ -133,7 +128,7 @@ start_docker() {
     return
   fi
   say "docker: starting dockerd on the unix socket (log var/log/dockerd.log)"
-  start_detached dockerd dockerd --host unix:///var/run/docker.sock
+  start_service dockerd dockerd --host unix:///var/run/docker.sock
   wait_until 60 docker info ||
     die "dockerd did not answer within 60 s; see $VAR/log/dockerd.log"
 }

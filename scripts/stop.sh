@@ -9,19 +9,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUN=$PWD/var/run
 STOP_TIMEOUT_S=60
 
-say() { printf '[stop] %s\n' "$*"; }
-
-# alive PID: the process exists and is not a zombie waiting for its parent.
-alive() {
-  local state
-  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z ]]
-}
+LOG_TAG=stop
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # stop_service NAME COMMAND: stops the pid in var/run/NAME.pid if that process still runs COMMAND
 # (its command line names it: worker.sh runs as "bash ./worker.sh all").
 stop_service() {
-  local name=$1 command=$2 pidfile=$RUN/$1.pid pid deadline
+  local name=$1 command=$2 pidfile=$RUN/$1.pid pid
   if [[ ! -f $pidfile ]]; then
     say "$name: not started by setup.sh"
     return
@@ -31,9 +26,7 @@ stop_service() {
     [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"$command"* ]]; then
     say "$name: stopping pid $pid"
     kill -TERM "$pid"
-    deadline=$((SECONDS + STOP_TIMEOUT_S))
-    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
-    if alive "$pid"; then
+    if ! wait_exit "$pid" "$STOP_TIMEOUT_S"; then
       say "$name: still running after $STOP_TIMEOUT_S s, sending SIGKILL"
       kill -KILL "$pid"
     fi
