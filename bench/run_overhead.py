@@ -1,8 +1,9 @@
 """How much `maoctl tool run` costs over a bare `docker run --rm` of the same minimal image.
 
-Runs both N times, interleaved, against this node's services (scripts/setup.sh) on an isolated
-Redis database, etcd prefix and importdir, with a worker started for the purpose, and prints the
-median wall times (seconds) and their ratio side by side. Usage:
+Runs both N times, interleaved, with a Redis server and a worker started for the purpose (the
+node's Redis is not touched), this node's etcd (scripts/setup.sh) under a prefix of its own that is
+deleted afterwards, and its own importdir, and prints the median wall times (seconds) and their
+ratio side by side. Usage:
 
     .venv/bin/python bench/run_overhead.py [--runs N]
 """
@@ -10,14 +11,17 @@ median wall times (seconds) and their ratio side by side. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -36,6 +40,30 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     if result.returncode != 0:
         sys.exit(f"{' '.join(argv[:4])} failed ({result.returncode}): {result.stderr.strip()}")
     return elapsed
+
+
+@contextlib.contextmanager
+def own_redis(root: Path) -> Iterator[str]:
+    """A throw-away Redis server on a free loopback port, no persistence; yields its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", root],
+        stdout=subprocess.DEVNULL,
+    )
+    ping = ["redis-cli", "-p", str(port), "ping"]
+    deadline = time.monotonic() + 10
+    while subprocess.run(ping, capture_output=True, text=True).stdout.strip() != "PONG":
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            sys.exit(f"redis-server on port {port} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def make_data_repo(root: Path) -> str:
@@ -62,10 +90,10 @@ def main() -> None:
         (Path(context) / "Dockerfile").write_text(dockerfile)
         client.images.build(path=context, tag=IMAGE, rm=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, own_redis(Path(tmp)) as redis_url:
         root = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAO_")} | {
-            "MAO_REDIS_URL": "redis://127.0.0.1:6379/14",
+            "MAO_REDIS_URL": redis_url,
             "MAO_ETCD_ENDPOINTS": "127.0.0.1:2379",
             "MAO_ETCD_PREFIX": f"/mao-bench-{uuid.uuid4().hex[:8]}/",
             "MAO_IMPORTDIR": str(root / "importdir"),
@@ -107,7 +135,6 @@ def main() -> None:
         finally:
             worker.terminate()
             worker.wait(30)
-            subprocess.run(["redis-cli", "-n", "14", "flushdb"], capture_output=True, check=False)
             subprocess.run(
                 ["etcdctl", "del", "--prefix", env["MAO_ETCD_PREFIX"]],
                 capture_output=True,
