@@ -7,6 +7,11 @@ command pays only for what it uses (the one exception to "imports at the top", f
 Exit codes: 0 ok; 1 not found, already exists, already running or invalid input; 2 usage;
 3 a service (etcd, Redis, Docker, git remote) is unreachable; 4 a tool run failed;
 5 `tool run --wait-timeout-s` stopped waiting before the run ended.
+
+Output rules (mao_celery/text.py): registry values, tools and containers are untrusted, so every
+string shown for people goes through `printable` where it is printed (`fail`, `print_table`,
+`warn_invalid`, `echo_lines`), and URLs through `redact_url`. JSON stays JSON: `json.dumps`
+escapes control characters itself, and NaN/Infinity are refused.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 import click
 
 from mao_celery import exceptions as errors
+from mao_celery.text import printable, printable_lines, redact_url
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -43,8 +49,8 @@ EXIT_STILL_RUNNING = 5
 
 
 def fail(error: errors.MaoError) -> NoReturn:
-    """Print `error` as one line on stderr and exit with its code."""
-    click.echo(f"error: {error}", err=True)
+    """Print `error` as one printable line on stderr and exit with its code."""
+    click.echo(f"error: {printable(error)}", err=True)
     code = next((c for cls, c in EXIT_CODES.items() if isinstance(error, cls)), 1)
     sys.exit(code)
 
@@ -81,11 +87,11 @@ def print_json(data: Any) -> None:
             return [plain(v) for v in value]
         return value
 
-    click.echo(json.dumps(plain(data), indent=2))
+    click.echo(json.dumps(plain(data), indent=2, allow_nan=False))
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """Print a table for people (rich)."""
+    """Print a table for people (rich); each cell is shown `printable`."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -95,7 +101,7 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
         table.add_column(column, overflow="fold")
     for row in rows:
         # Text, not markup: registry values come from any member of the federation.
-        table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
+        table.add_row(*(Text("" if cell is None else printable(cell)) for cell in row))
     if not table.row_count:
         click.echo(f"{title}: none")
         return
@@ -106,9 +112,17 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
 
 
 def warn_invalid(invalid: Iterable[InvalidEntry]) -> None:
-    """Tell the user on stderr about registry entries that failed validation."""
+    """Tell the user on stderr about registry entries that failed validation (one printable line
+    each; the reason never holds a URL's credentials: `exceptions.describe_validation_error`)."""
     for entry in invalid:
-        click.echo(f"warning: skipped {entry.reason}", err=True)
+        click.echo(f"warning: skipped {printable(entry.reason)}", err=True)
+
+
+def echo_lines(lines: Iterable[str]) -> None:
+    """Print `lines` for people on stdout, each made `printable` (a value holding a newline or an
+    escape sequence cannot add a line or drive the terminal)."""
+    for line in lines:
+        click.echo(printable(line))
 
 
 def show_entries(
@@ -166,7 +180,7 @@ TOOL_COLUMNS = ("name", "author", "image", "data repo", "artefact", "description
 
 
 def tool_row(t: Any) -> Sequence[object]:
-    return (t.name, t.author, t.image, t.data_repo, t.artefact, t.description)
+    return (t.name, t.author, t.image, redact_url(t.data_repo), t.artefact, t.description)
 
 
 @tool.command("get")
@@ -195,6 +209,17 @@ def tool_get(name: str | None, as_json: bool) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Spike when |gain| exceeds this many percent (node default: 20).",
 )
+@click.option(
+    "--network",
+    metavar="NAME",
+    help="Docker network the tool needs, e.g. bridge; default: the node's MAO_TOOL_NETWORK "
+    "(none); nodes run it only if they allow it.",
+)
+@click.option(
+    "--writable-rootfs",
+    is_flag=True,
+    help="Let the tool write outside its data directory and /tmp (root file system writable).",
+)
 def tool_add(
     name: str,
     author: str,
@@ -205,10 +230,14 @@ def tool_add(
     description: str,
     spike_window: int | None,
     spike_threshold: float | None,
+    network: str | None,
+    writable_rootfs: bool,
 ) -> None:
     """Register tool NAME: its Docker IMAGE runs against a clone of DATA_REPO.
 
-    CODE_REPO is where its source lives; ARTEFACT is the kind of artefact it targets.
+    CODE_REPO is where its source lives; ARTEFACT is the kind of artefact it targets. The tool
+    runs as an unprivileged user, without network and with a read-only root file system unless
+    --network or --writable-rootfs say otherwise.
     """
     from mao_celery.models import Tool, build
 
@@ -224,6 +253,8 @@ def tool_add(
         description=description,
         spike_window=spike_window,
         spike_threshold_pct=spike_threshold,
+        network=network,
+        read_only_rootfs=not writable_rootfs,
         created_by=node,
     )
     registry().tools.add(tool_)
@@ -274,6 +305,7 @@ def tool_run(name: str, no_wait: bool, wait_timeout_s: float | None, as_json: bo
 def wait_for_run(runs: Any, run_id: str, timeout_s: float | None) -> RunReport:
     """Poll run `run_id` until it ends or `timeout_s` seconds pass, showing its stage on stderr."""
     from rich.console import Console
+    from rich.text import Text
 
     deadline = time.monotonic() + timeout_s if timeout_s else math.inf
 
@@ -284,10 +316,11 @@ def wait_for_run(runs: Any, run_id: str, timeout_s: float | None) -> RunReport:
         "detecting": "detecting spikes",
         "publishing": "publishing the notification",
     }
-    with Console(stderr=True).status(f"run {run_id}: queued") as shown:
+    with Console(stderr=True).status(Text(printable(f"run {run_id}: queued"))) as shown:
         report = runs.get(run_id)
         while not report.status.terminal and time.monotonic() < deadline:
-            shown.update(f"run {run_id}: {stages.get(report.status, report.status)}")
+            stage = stages.get(report.status, report.status)
+            shown.update(Text(printable(f"run {run_id}: {stage}")))
             report = runs.wait(
                 run_id, lambda r, s=report.status: r.status != s, timeout_s=1.0, poll_s=0.05
             )
@@ -300,7 +333,7 @@ def show_report(report: RunReport, as_json: bool) -> None:
     if as_json:
         print_json(report)
     else:
-        click.echo("\n".join(report_lines(report)))
+        echo_lines(report_lines(report))
     if report.status.terminal and report.status != "succeeded":
         fail(errors.RunFailed(f"run {report.run_id} {report.status}: {report.error}"))
 
@@ -404,7 +437,11 @@ def dataset_get(name: str | None, as_json: bool) -> None:
     """List registered datasets, or show dataset NAME."""
     columns = ("name", "url", "description")
     show_collection(
-        registry().datasets, name, as_json, columns, lambda d: (d.name, d.url, d.description)
+        registry().datasets,
+        name,
+        as_json,
+        columns,
+        lambda d: (d.name, redact_url(d.url), d.description),
     )
 
 
@@ -438,16 +475,17 @@ def dataset_clone(name: str, update: bool) -> None:
     """Clone dataset NAME into importdir/NAME (or fast-forward it with --update)."""
     from mao_celery import datasets
 
-    dest = datasets.local_path(settings().importdir, name)
+    conf = settings()
+    dest = datasets.local_path(conf.importdir, name)
     item = registry().datasets.get(name)
     if update:
-        head = datasets.update(dest, url=item.url)
+        head = datasets.update(dest, url=item.url, credentials=conf.git_credentials_file)
         click.echo(f"dataset {name} updated to {head[:12]} in {dest}")
         return
     from mao_celery.text import redact_url
 
     click.echo(f"cloning {redact_url(item.url)} into {dest} ...", err=True)
-    datasets.clone(item.url, dest)
+    datasets.clone(item.url, dest, credentials=conf.git_credentials_file)
     click.echo(f"dataset {name} cloned into {dest}")
 
 
@@ -610,15 +648,12 @@ def config_show(as_json: bool) -> None:
 
     Exits 1 naming the first invalid setting. Passwords in URLs are masked.
     """
-    from mao_celery.text import redact_url
-
     values = settings().model_dump(mode="json")
     values["redis_url"] = redact_url(values["redis_url"])
     if as_json:
         print_json(values)
     else:
-        for name, value in values.items():
-            click.echo(f"{name:<28} {value}")
+        echo_lines(f"{name:<28} {value}" for name, value in values.items())
 
 
 @main.command()
@@ -634,14 +669,15 @@ def status(as_json: bool) -> None:
     if as_json:
         print_json([{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks])
     else:
-        for check in checks:
-            click.echo(f"{check.name:<10} {'OK' if check.ok else 'FAIL'}  {check.detail}")
+        echo_lines(f"{c.name:<10} {'OK' if c.ok else 'FAIL'}  {c.detail}" for c in checks)
     if not all(check.ok for check in checks):
         sys.exit(EXIT_CODES[errors.ServiceUnavailable])
 
 
 def report_lines(report: RunReport) -> list[str]:
-    """A run report as lines for people."""
+    """A run report as lines for people, to print with `echo_lines` (so a value from the tool,
+    e.g. a control file's name, cannot add a line). The log tail is split into its lines, each
+    `printable` and indented by two spaces."""
     lines = [
         f"run        {report.run_id}",
         f"tool       {report.tool}  (node {report.node})",
@@ -672,7 +708,7 @@ def report_lines(report: RunReport) -> list[str]:
         lines.append(f"error      {report.error}")
     if report.log_tail and report.status != "succeeded":
         lines.append("log tail:")
-        lines += ["  " + line for line in report.log_tail.splitlines()]
+        lines += ["  " + line for line in printable_lines(report.log_tail)]
     return lines
 
 

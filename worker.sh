@@ -118,7 +118,8 @@ run_flower() {
     die "refusing to serve Flower on $address without basic auth: set MAO_FLOWER_USER and MAO_FLOWER_PASSWORD, or use a loopback address"
   fi
   say "Flower on http://$address:$port/ (basic auth: $auth)"
-  exec "${CELERY[@]}" flower --address="$address" --port="$port"
+  # mao_celery/flower.py: Flower with every endpoint (also /metrics) behind the basic auth.
+  exec .venv/bin/python -m mao_celery.flower --address="$address" --port="$port"
 }
 
 case ${1:-all} in

@@ -6,13 +6,18 @@ settings that keep a run from being lost or doubled (design.md §4).
 - `worker_prefetch_multiplier=1`: a worker reserves no more tasks than it runs.
 - The broker's `visibility_timeout` exceeds the longest allowed container run, so Redis does not
   hand a running task to a second worker while the first still works on it.
+
+Every log handler Celery sets up for the worker and beat gets `logfilter.PrintableFilter`, so a
+value from outside (a notification, a registry entry, a tool's output) cannot forge a log line.
 """
 
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
 
 from beat_schedule import BEAT_SCHEDULE
+from mao_celery import logfilter
 from mao_celery.settings import Settings, load_settings
 
 TASK_MODULES = ["mao_celery.tasks"]
@@ -59,6 +64,9 @@ def create_app(settings: Settings) -> Celery:
     )
     return app
 
+
+after_setup_logger.connect(logfilter.install)
+after_setup_task_logger.connect(logfilter.install)
 
 settings = load_settings()
 app = create_app(settings)

@@ -22,12 +22,23 @@ import docker
 import requests
 from docker.errors import APIError, ImageNotFound
 from docker.models.containers import Container
+from docker.types import LogConfig
 
 from mao_celery.exceptions import InvalidInput, MaoError, NotFound, RunFailed, ServiceUnavailable
+from mao_celery.settings import TOOL_USER_RE
 
 DATA_MOUNT = "/usr/src/app/data"
 LABEL_RUN_ID = "mao.run_id"
 LABEL_TOOL = "mao.tool"
+
+TMP_SIZE = "64m"
+"""Size of the `nosuid,nodev` tmpfs a tool gets at /tmp, where it may write scratch files when its
+root file system is read-only; what it holds counts against the container's memory limit."""
+LOG_MAX_SIZE = "1m"
+"""Most bytes of log Docker keeps per tool container (json-file driver, one file): a tool that
+floods stdout cannot fill the host's disk."""
+LOG_TAIL_MAX_CHARS = 16 * 1024
+"""Most characters of log a run's report keeps (the last ones), whatever the line count."""
 
 # Docker's container name grammar (daemon/names.go), less the prefix we add.
 _RUN_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
@@ -61,30 +72,38 @@ class ContainerSpec:
         tool: the tool's name, put in the `mao.tool` label.
         image: image reference; must be present locally or pullable.
         data_dir: existing host directory (`importdir/<tool>`) bound read-write to
-            `/usr/src/app/data`.
+            `/usr/src/app/data`; owned by `user` so that the tool can write into it.
+        user: numeric `uid:gid` the tool runs as, overriding the image's `USER`; never root.
         timeout_s: seconds from the container's start after which it is killed; default 1 h.
         memory_bytes: memory limit in bytes; default 1 GiB.
         nano_cpus: CPU limit in billionths of a CPU (1e9 = one CPU); None = no limit.
         pids_limit: most processes the container may run at once (default 4096; stops a fork
             bomb from exhausting the host).
-        network_mode: Docker network mode; None = Docker's default (bridge).
+        network_mode: Docker network mode; default "none" (no network but loopback).
+        read_only_rootfs: the image's file system is mounted read-only (default); the tool then
+            writes only to its data directory and to memory (/tmp, `TMP_SIZE`; Docker's
+            /dev/shm).
         command: command overriding the image's; None = the image's own.
         environment: extra environment variables.
-        log_tail_lines: number of last log lines (stdout and stderr) kept; default 50.
+        log_tail_lines: number of last log lines (stdout and stderr) kept; default 50 (and at
+            most `LOG_TAIL_MAX_CHARS` characters).
 
     Raises:
-        InvalidInput: a limit is not positive or `log_tail_lines` is negative.
+        InvalidInput: a limit is not positive, `log_tail_lines` is negative, or `user` is not a
+            numeric non-root `uid:gid`.
     """
 
     run_id: str
     tool: str
     image: str
     data_dir: Path
+    user: str
     timeout_s: float = 3600.0
     memory_bytes: int = 1 << 30
     nano_cpus: int | None = None
     pids_limit: int = 4096
-    network_mode: str | None = None
+    network_mode: str = "none"
+    read_only_rootfs: bool = True
     command: list[str] | None = None
     environment: dict[str, str] = field(default_factory=dict)
     log_tail_lines: int = 50
@@ -97,6 +116,11 @@ class ContainerSpec:
             )
         if self.nano_cpus is not None and self.nano_cpus <= 0:
             raise InvalidInput(f"invalid nano_cpus {self.nano_cpus} for run {self.run_id}")
+        match = TOOL_USER_RE.fullmatch(self.user)
+        if match is None or int(match["uid"]) == 0 or int(match["gid"]) == 0:
+            raise InvalidInput(
+                f"invalid user {self.user!r} for run {self.run_id}: use a non-root uid:gid"
+            )
 
 
 @dataclass(frozen=True)
@@ -106,7 +130,8 @@ class ContainerOutcome:
     Attributes:
         exit_code: the container's exit code; None when it was killed on timeout.
         timed_out: the container ran for `timeout_s` or longer and was killed.
-        log_tail: its last `log_tail_lines` log lines, stdout and stderr interleaved.
+        log_tail: its last `log_tail_lines` log lines, stdout and stderr interleaved, cut to
+            their last `LOG_TAIL_MAX_CHARS` characters.
         adopted: True when a container this run had already created was adopted.
         container_name: `mao-run-<run_id>`.
     """
@@ -128,6 +153,25 @@ def container_name(run_id: str) -> str:
     if not _RUN_ID_RE.fullmatch(run_id):
         raise InvalidInput(f"invalid run id {run_id!r}: use 1-128 of a-zA-Z0-9_.-")
     return f"mao-run-{run_id}"
+
+
+def granted_network(tool: str, asked: str | None, default: str, allowed: Collection[str]) -> str:
+    """The Docker network a tool's container runs on: the one the tool asks for (`asked`), else
+    the node's `default` (`MAO_TOOL_NETWORK`), provided the node allows it (`allowed`,
+    `MAO_TOOL_NETWORKS_ALLOWED`).
+
+    Raises:
+        RunFailed: the node does not allow that network; the message names the tool, the network
+            and the setting an operator may change.
+    """
+    network = asked or default
+    if network not in allowed:
+        wish = f"asks for network {network!r}" if asked else f"gets MAO_TOOL_NETWORK {network!r}"
+        raise RunFailed(
+            f"tool {tool} {wish}, which this node does not allow "
+            f"(MAO_TOOL_NETWORKS_ALLOWED={','.join(allowed)}); an operator may allow it"
+        )
+    return network
 
 
 def ensure_image(client: docker.DockerClient, image: str) -> None:
@@ -155,8 +199,10 @@ def ensure_image(client: docker.DockerClient, image: str) -> None:
 def run_container(client: docker.DockerClient, spec: ContainerSpec) -> ContainerOutcome:
     """Run the run's container to its end, or adopt and finish the one this run already has.
 
-    Starts the container (image's user, detached, no stdin, no tty, `no-new-privileges`, the
-    memory/CPU limits of `spec`, `spec.data_dir` bound to `/usr/src/app/data`), waits for it at most
+    Starts the container boxed (see `_create_options`: `spec.user`, no capabilities,
+    `no-new-privileges`, `spec.network_mode`, read-only root file system unless
+    `spec.read_only_rootfs` is False, the limits of `spec`, a size-capped log, detached, no stdin,
+    no tty, `spec.data_dir` bound to `/usr/src/app/data`), waits for it at most
     `spec.timeout_s` seconds counted from its start, kills it on expiry, reads its exit code and
     log tail, and removes it. An existing container of the same run (redelivered task, or a twin
     that created it a moment ago) is adopted instead: waited for with what is left of its timeout,
@@ -285,6 +331,13 @@ def _create_or_adopt(client: docker.DockerClient, spec: ContainerSpec) -> tuple[
 
 
 def _create_options(spec: ContainerSpec, name: str) -> dict[str, Any]:
+    """The keyword arguments of `containers.create` for `spec`'s container named `name`.
+
+    The box: the tool runs as `spec.user` with no Linux capability (so no `mknod`, `chown`,
+    raw sockets, ...) and no way to gain privileges (setuid binaries do not elevate), its root
+    file system read-only unless asked otherwise, /tmp a `nosuid,nodev` tmpfs of `TMP_SIZE`,
+    its log capped at `LOG_MAX_SIZE`, on `spec.network_mode`, within the limits of `spec`.
+    """
     return {
         "image": spec.image,
         "command": spec.command,
@@ -292,11 +345,18 @@ def _create_options(spec: ContainerSpec, name: str) -> dict[str, Any]:
         "labels": {LABEL_RUN_ID: spec.run_id, LABEL_TOOL: spec.tool},
         "environment": spec.environment,
         "volumes": {str(spec.data_dir.resolve()): {"bind": DATA_MOUNT, "mode": "rw"}},
+        "user": spec.user,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": spec.read_only_rootfs,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={TMP_SIZE}"},
         "mem_limit": spec.memory_bytes,
         "nano_cpus": spec.nano_cpus,
         "pids_limit": spec.pids_limit,
         "network_mode": spec.network_mode,
-        "security_opt": ["no-new-privileges"],
+        "log_config": LogConfig(
+            type=LogConfig.types.JSON, config={"max-size": LOG_MAX_SIZE, "max-file": "1"}
+        ),
         "detach": True,
         "stdin_open": False,
         "tty": False,
@@ -349,7 +409,8 @@ def _finish(container: Container, spec: ContainerSpec, adopted: bool) -> Contain
 
 
 def _read_log_tail(container: Container, spec: ContainerSpec) -> str:
-    """The last `spec.log_tail_lines` lines of stdout and stderr.
+    """The last `spec.log_tail_lines` lines of stdout and stderr, at most `LOG_TAIL_MAX_CHARS`
+    characters of them (see `bound_log_tail`).
 
     Raises:
         ContainerGone: Docker refuses the logs of a container being removed (or dead).
@@ -360,7 +421,12 @@ def _read_log_tail(container: Container, spec: ContainerSpec) -> str:
         if e.status_code == requests.codes.conflict:
             raise ContainerGone(spec.run_id) from e
         raise
-    return bytes(tail).decode("utf-8", errors="replace")
+    return bound_log_tail(bytes(tail).decode("utf-8", errors="replace"))
+
+
+def bound_log_tail(text: str, max_chars: int = LOG_TAIL_MAX_CHARS) -> str:
+    """The last `max_chars` (>= 0) characters of `text`: a tool may print one huge line."""
+    return text[max(0, len(text) - max_chars) :]
 
 
 def _wait(container: Container, timeout_s: float) -> bool:

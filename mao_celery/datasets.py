@@ -1,44 +1,99 @@
 """Git clones of data repositories under importdir (design.md §2 and §4, the prepare step).
 
-A clone is made in a hidden temporary sibling (`.clone-<name>-<random>`) and renamed into place,
-so a failed or interrupted clone never leaves a half-filled dataset directory. Every git command
-runs with only the file, git, http(s) and ssh transports allowed (no `ext::`/`fd::` helpers that
-run commands), without a password prompt, and ignoring hooks and `core.fsmonitor` from the clone's
-own config: tools write into their data directory, `.git/` included.
+Layout. A clone of dataset or tool `<name>` has two parts:
+
+- its work tree `importdir/<name>`: the files only, no `.git` entry. For a tool it is mounted
+  read-write into the tool's container, so everything in it is written by untrusted code;
+- its git dir `importdir/.git-store/<name>.git` (the store, root-only, never mounted): config,
+  index, refs, objects and hooks, written only by the git commands of this module.
+
+Threat model. A tool may write anything into its work tree, between runs and during one: a
+`.git` directory or file (`gitdir:` elsewhere) with a config naming `uploadpack`,
+`core.sshCommand`, `core.gitProxy`, `credential.helper`, `include.path`, filters or hooks;
+`.gitmodules` with submodule git dirs; `.gitattributes` naming filter drivers; symlinks out of
+its directory. None of that may run a command on the host or change what the host reads. So every
+host-side git command runs with an explicit `--git-dir=<store>` and `--work-tree=<dir>` (no
+repository discovery: git never reads a `.git` in the work tree, and skips `.git` entries when
+it walks one), without system or global config, with the worker's own `GIT_*` variables removed
+(`GIT_DIR`, `GIT_CONFIG_PARAMETERS`, ...), only the file, git, http(s) and ssh transports (no
+`ext::`/`fd::` helpers), no password prompt, hooks and `core.fsmonitor` off, no submodule
+recursion, and the credential helpers of the node only (below). Filter and merge drivers named by
+a tool's `.gitattributes` are defined nowhere, so they do nothing. The store's own config comes
+from `git clone` and is never written by a tool.
+
+Cloning is atomic: the work tree and the git dir are made in a hidden temporary sibling
+(`importdir/.clone-<name>-<random>/`), then renamed into place, store first. A failed clone
+leaves neither. A store entry without its work tree (a crash between the two renames) is stale:
+it is removed by the next clone, never used.
+
+Old layout. A directory cloned before the store existed keeps its git metadata in
+`importdir/<name>/.git`, written by the tool like the rest: it is never read by git. It is
+migrated, because tool data directories hold the control files of every past run: a fresh
+`git clone --no-checkout` of the *registered* URL becomes the store, its index is reset to its
+HEAD without touching a work-tree file (the directory's files stay as they are; where they differ
+from the registered HEAD they are local changes), the files of that HEAD missing from the
+directory are written (none is overwritten), then the old `.git` is removed. Its local
+commits, if any, are not carried over. Migration happens where the registered URL is known: at a
+tool run's prepare step and at `maoctl dataset clone NAME --update`. Until then `list_local`
+shows the directory as not a git clone.
+
+Credentials. URLs with passwords are refused by the registry. A node that needs them names a
+git-credential-store file in `git_credentials_file` (outside importdir); git commands then use
+that file as their only credential helper. Without it, no helper at all.
+
+Ownership. `hand_over` gives the work tree to the tool's uid:gid before each run (never
+following a symlink); the store stays root's. A worker that is not root cannot give files away:
+it leaves ownership as it is (run tools as the worker's user then, `MAO_TOOL_USER`).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import signal
+import subprocess
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import git
-from git.util import remove_password_if_present
-
 from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
 from mao_celery.models import NAME_RE, validate_git_url, validate_name
+from mao_celery.text import redact_url
+
+STORE_DIR = ".git-store"
+SHORT_SHA_LEN = 12
+LOCAL_TIMEOUT_S = 60.0
+"""Seconds a git command that reads only the store (and the work tree) may take."""
 
 _GIT_ENV = {
-    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
+    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",  # the schemes validate_git_url accepts
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
     "GIT_TERMINAL_PROMPT": "0",
+    "LC_ALL": "C",  # git's messages are matched below
+    "LANGUAGE": "C",
 }
-_SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
-# Messages (under LC_ALL=C, which GitPython sets) of git refusing the URL rather than the remote
-# failing to answer.
+_SAFE_CONFIG = (
+    *("-c", "core.hooksPath=/dev/null"),
+    *("-c", "core.fsmonitor=false"),
+    *("-c", "submodule.recurse=false"),
+    *("-c", "credential.helper="),  # empties the list of helpers; `_credential_config` adds one
+)
+# Messages (under LC_ALL=C) of git refusing the URL rather than the remote failing to answer.
 _REFUSED_MARKERS = ("not allowed", "not supported", "unable to find remote helper")
 _MISSING_MARKERS = ("does not exist", "does not appear to be a git repository", "not found")
-SHORT_SHA_LEN = 12
 
 
 @dataclass(frozen=True)
 class LocalDataset:
     """A directory directly under importdir, as `maoctl dataset list-local` shows it.
 
-    `head` is the first 12 hex digits of the checked-out commit; `head` and `remote` (the URL of
-    `origin`) are None when the directory is not a git repository or has no commit/origin.
+    `is_git` is True when the directory has its git dir in the store. `head` is the first 12 hex
+    digits of the checked-out commit; `head` and `remote` (the URL of `origin`) are None when the
+    directory is not a git clone or has no commit/origin.
     """
 
     name: str
@@ -46,6 +101,33 @@ class LocalDataset:
     is_git: bool
     head: str | None
     remote: str | None
+
+
+@dataclass(frozen=True)
+class _Clone:
+    """A work tree (tool-writable) and its git dir (in the store); both absolute paths."""
+
+    work_tree: Path
+    git_dir: Path
+
+    @classmethod
+    def of(cls, dest: Path) -> _Clone:
+        return cls(dest.absolute(), store_path(dest))
+
+    def args(self) -> list[str]:
+        """git's options naming this clone; no discovery, no `.git` of the work tree read."""
+        return [f"--git-dir={self.git_dir}", f"--work-tree={self.work_tree}"]
+
+    def is_old_layout(self) -> bool:
+        """A `.git` in the work tree and no store entry: cloned before the store existed."""
+        return os.path.lexists(self.work_tree / ".git") and not self.git_dir.is_dir()
+
+
+@dataclass(frozen=True)
+class _Result:
+    status: int
+    stdout: str
+    stderr: str
 
 
 def local_path(importdir: Path, name: str) -> Path:
@@ -60,95 +142,123 @@ def local_path(importdir: Path, name: str) -> Path:
         raise InvalidInput(str(e)) from e
 
 
-def clone(url: str, dest: Path, *, timeout_s: float = 600.0) -> Path:
-    """Clone `url` into `dest` atomically; return `dest`.
+def store_path(dest: Path) -> Path:
+    """The git dir of the clone whose work tree is `dest`: `<dest's parent>/.git-store/<name>.git`
+    (absolute)."""
+    dest = dest.absolute()
+    return dest.parent / STORE_DIR / f"{dest.name}.git"
+
+
+def clone(
+    url: str, dest: Path, *, credentials: Path | None = None, timeout_s: float = 600.0
+) -> Path:
+    """Clone `url` into the work tree `dest` and its store entry, atomically; return `dest`.
 
     The URL is checked by `models.validate_git_url` before anything touches the disk. The clone
-    is killed after `timeout_s` seconds (default 600).
+    is killed after `timeout_s` seconds (default 600). `credentials` is the node's
+    git-credential-store file, if any.
 
     Raises:
         InvalidInput: the URL or `dest`'s name is refused, by our rules or by git.
         AlreadyExists: `dest` exists (update it with `update`, i.e. `--update`).
+        NotFound: there is no repository at the URL.
         ServiceUnavailable: git could not read the remote, or timed out.
     """
+    _check_url(url)
     try:
-        validate_git_url(url)
         validate_name(dest.name)
     except ValueError as e:
         raise InvalidInput(str(e)) from e
+    target = _Clone.of(dest)
     if os.path.lexists(dest):
-        if dest.is_dir() and _describe(dest).is_git:
+        if dest.is_dir() and (target.git_dir.is_dir() or target.is_old_layout()):
             raise AlreadyExists(f"{dest} already exists: use --update to fast-forward it")
         raise AlreadyExists(f"{dest} already exists and is not a git clone: move it away first")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".clone-{dest.name}-", dir=dest.parent.absolute()))
-    except OSError as e:
-        raise InvalidInput(f"cannot create a clone in {dest.parent}: {e.strerror}") from e
-    try:
-        _git(["clone", "--", url, str(tmp)], cwd=dest.parent, endpoint=url, timeout_s=timeout_s)
-        tmp.rename(dest)
-    except OSError as e:
-        raise AlreadyExists(f"{dest} appeared while cloning into it: {e.strerror}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing left to remove once renamed
+    shutil.rmtree(target.git_dir, ignore_errors=True)  # stale: its work tree never arrived
+    with _staging(target) as stage:
+        staged = _clone_into(stage, url, credentials, timeout_s, checkout=True)
+        _install_store(staged.git_dir, target)
+        try:
+            staged.work_tree.rename(target.work_tree)
+        except OSError as e:
+            shutil.rmtree(target.git_dir, ignore_errors=True)
+            raise AlreadyExists(f"{dest} appeared while cloning into it: {e.strerror}") from e
     return dest
 
 
-def update(dest: Path, *, url: str | None = None, timeout_s: float = 600.0) -> str:
+def update(
+    dest: Path,
+    *,
+    url: str | None = None,
+    credentials: Path | None = None,
+    timeout_s: float = 600.0,
+) -> str:
     """Fast-forward the clone at `dest` to its upstream branch; return the new HEAD sha (40 hex).
 
     Works like `git pull --ff-only`: fetch, then merge only when that is a fast-forward, so a
     refused update leaves the clone as it was. Each git command is killed after `timeout_s`
-    seconds (default 600).
+    seconds (default 600). `credentials` as for `clone`.
 
     `url`, when given, must be the clone's `origin`: a directory cloned from elsewhere (another
-    dataset's, or a tool's data directory of the same name) is not touched.
+    dataset's, or a tool's data directory of the same name) is not touched. An old-layout
+    directory is migrated from `url` first (see the module's docstring).
 
     Raises:
-        NotFound: `dest` is not a git clone with an `origin` remote.
+        NotFound: `dest` is not a git clone with an `origin` remote, or is an old-layout
+            directory and no `url` is given.
         InvalidInput: not a fast-forward (local commits diverged from the remote), no upstream
             branch, local changes in the way, or git refuses the clone's remote URL.
         ServiceUnavailable: the remote could not be read, or timed out.
     """
-    remote = _describe(dest).remote if dest.is_dir() else None
-    if remote is None:
+    target = _open(dest, url, credentials, timeout_s)
+    remote = _origin(target) if target is not None else None
+    if target is None or remote is None:
         raise NotFound(f"{dest} is not a git clone with an 'origin' remote: clone it first")
     _check_origin(dest, remote, url)
-    _git(["fetch", "--quiet"], cwd=dest, endpoint=remote, timeout_s=timeout_s)
-    status, _, stderr = _run(["merge", "--ff-only", "--quiet"], cwd=dest, timeout_s=timeout_s)
-    if status != 0:
+    fetch = [*target.args(), "fetch", "--quiet", "--no-recurse-submodules"]
+    _remote(fetch, endpoint=remote, credentials=credentials, timeout_s=timeout_s)
+    merged = _run([*target.args(), "merge", "--ff-only", "--quiet"], timeout_s=timeout_s)
+    if merged.status != 0:
         raise InvalidInput(
-            f"cannot fast-forward {dest}: {_git_message(stderr)}; "
+            f"cannot fast-forward {dest}: {_git_message(merged.stderr)}; "
             "reconcile local commits or changes by hand, or clone afresh"
         )
-    with git.Repo(dest) as repo:
-        return repo.head.commit.hexsha
+    head = _head(target)
+    if head is None:
+        raise NotFound(f"{dest} has no commit after its update")
+    return head
 
 
-def ensure_clone(url: str, dest: Path, *, timeout_s: float = 600.0) -> bool:
+def ensure_clone(
+    url: str, dest: Path, *, credentials: Path | None = None, timeout_s: float = 600.0
+) -> bool:
     """Clone `url` into `dest` unless `dest` is already a directory; True when it cloned.
 
     An existing directory is reused as it is, never reset or cleaned: tools add files to their
-    data directory between runs (design.md §4, prepare). `timeout_s` as for `clone`.
+    data directory between runs (design.md §4, prepare). An old-layout directory is migrated
+    from `url`. `credentials` and `timeout_s` as for `clone`.
 
     Raises:
         InvalidInput: as `clone`, or `dest` is a clone of another repository (e.g. the tool was
             registered again with another data repository).
-        AlreadyExists, ServiceUnavailable: as `clone` (AlreadyExists when `dest` is a file).
+        AlreadyExists, NotFound, ServiceUnavailable: as `clone` (AlreadyExists when `dest` is a
+            file).
     """
-    if dest.is_dir():
-        _check_origin(dest, _describe(dest).remote, url)
-        return False
-    clone(url, dest, timeout_s=timeout_s)
-    return True
+    if not dest.is_dir():
+        clone(url, dest, credentials=credentials, timeout_s=timeout_s)
+        return True
+    target = _open(dest, url, credentials, timeout_s)
+    if target is not None:
+        _check_origin(dest, _origin(target), url)
+    return False
 
 
 def list_local(importdir: Path) -> list[LocalDataset]:
     """Describe every directory directly under `importdir` whose name is a valid name, by name.
 
-    Hidden directories (temporary clones among them), files and invalid names are left out;
-    a missing `importdir` gives an empty list. Reads the file system only, no remote.
+    Hidden directories (the store and temporary clones among them), files and invalid names are
+    left out; a missing `importdir` gives an empty list. Reads the store only, no remote, and
+    nothing git-related in the directories themselves.
     """
     if not importdir.is_dir():
         return []
@@ -159,43 +269,239 @@ def list_local(importdir: Path) -> list[LocalDataset]:
     ]
 
 
-def _describe(path: Path) -> LocalDataset:
+def hand_over(path: Path, uid: int, gid: int) -> None:
+    """Make the work tree `path` (mode 0755) and everything in it owned by `uid`:`gid`.
+
+    Symlinks are changed themselves, never followed, and the walk does not enter a directory
+    that is swapped for a symlink while it runs (`os.fwalk`). When this process is not root, it
+    cannot give files away: only the mode is set and ownership is left as it is.
+
+    Raises:
+        OSError: `path` cannot be changed (e.g. it does not exist).
+    """
+    path.chmod(0o755)
+    if os.geteuid() != 0:
+        return
+    os.chown(path, uid, gid, follow_symlinks=False)
+    for _, dirs, files, dir_fd in os.fwalk(path, follow_symlinks=False):
+        for name in (*dirs, *files):
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+
+
+# ---- clones and the store ---------------------------------------------------------------------
+
+
+def _open(dest: Path, url: str | None, credentials: Path | None, timeout_s: float) -> _Clone | None:
+    """The clone at `dest` (migrated from `url` if it has the old layout), or None.
+
+    Raises:
+        NotFound: an old-layout directory and no `url` to migrate it from.
+        InvalidInput, ServiceUnavailable: as `_migrate`.
+    """
+    if not dest.is_dir():
+        return None
+    target = _Clone.of(dest)
+    if target.is_old_layout():
+        if url is None:
+            raise NotFound(
+                f"{dest} keeps its git metadata in {dest / '.git'} (old layout, never read): "
+                "update it from its registered URL (maoctl dataset clone NAME --update) to move it"
+            )
+        _migrate(target, url, credentials, timeout_s)
+    return target if target.git_dir.is_dir() else None
+
+
+def _migrate(target: _Clone, url: str, credentials: Path | None, timeout_s: float) -> None:
+    """Give the old-layout work tree a store entry cloned from `url`, then remove its `.git`.
+
+    Raises:
+        InvalidInput: the URL is refused, or git cannot index the work tree.
+        NotFound, ServiceUnavailable: as `clone`.
+    """
+    _check_url(url)
+    with _staging(target) as stage:
+        staged = _clone_into(stage, url, credentials, timeout_s, checkout=False)
+        adopted = _Clone(target.work_tree, staged.git_dir)
+        # Index := HEAD, work tree untouched; then only the files missing from it are written.
+        _adopt(adopted, ["reset", "--quiet"], timeout_s=timeout_s)
+        missing = _adopt(adopted, ["ls-files", "-z", "--deleted"], timeout_s=timeout_s)
+        _adopt(adopted, ["checkout-index", "-z", "--stdin"], stdin=missing, timeout_s=timeout_s)
+        _install_store(staged.git_dir, target)
+    _remove(target.work_tree / ".git")
+
+
+def _adopt(adopted: _Clone, args: list[str], *, timeout_s: float, stdin: str = "") -> str:
+    """Run one local git command of a migration; return its stdout.
+
+    Raises:
+        InvalidInput: it failed (git's message).
+    """
+    done = _run([*adopted.args(), *args], stdin=stdin, timeout_s=timeout_s)
+    if done.status != 0:
+        raise InvalidInput(
+            f"cannot move the git metadata of {adopted.work_tree} out: {_git_message(done.stderr)}"
+        )
+    return done.stdout
+
+
+@contextmanager
+def _staging(target: _Clone) -> Iterator[Path]:
+    """A new hidden, root-only directory next to the work tree, removed on exit.
+
+    Raises:
+        InvalidInput: it cannot be created.
+    """
+    parent = target.work_tree.parent
     try:
-        repo = git.Repo(path)
-    except git.InvalidGitRepositoryError:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".clone-{target.work_tree.name}-", dir=parent))
+    except OSError as e:
+        raise InvalidInput(f"cannot create a clone in {parent}: {e.strerror}") from e
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _clone_into(
+    stage: Path, url: str, credentials: Path | None, timeout_s: float, *, checkout: bool
+) -> _Clone:
+    """Clone `url` into `stage/work` with its git dir in `stage/git`; the work tree keeps no
+    `.git` file. Without `checkout`, the work tree stays empty.
+
+    Raises:
+        InvalidInput, NotFound, ServiceUnavailable: as `_remote`.
+    """
+    staged = _Clone(stage / "work", stage / "git")
+    options = ["--quiet", "--no-recurse-submodules", f"--separate-git-dir={staged.git_dir}"]
+    if not checkout:
+        options.append("--no-checkout")
+    args = ["clone", *options, "--", url, str(staged.work_tree)]
+    _remote(args, endpoint=url, credentials=credentials, timeout_s=timeout_s)
+    (staged.work_tree / ".git").unlink()  # the gitlink file git leaves
+    return staged
+
+
+def _install_store(git_dir: Path, target: _Clone) -> None:
+    """Rename the staged `git_dir` to `target`'s store entry (the store made root-only).
+
+    Raises:
+        AlreadyExists: the store entry appeared meanwhile (another clone of the same name).
+    """
+    try:
+        target.git_dir.parent.mkdir(mode=0o700, exist_ok=True)
+        git_dir.rename(target.git_dir)
+    except OSError as e:
+        raise AlreadyExists(
+            f"{target.work_tree} appeared while cloning into it: {target.git_dir}: {e.strerror}"
+        ) from e
+
+
+def _remove(path: Path) -> None:
+    """Remove the file, symlink or directory `path` without following a symlink.
+
+    Raises:
+        InvalidInput: it cannot be removed.
+    """
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError as e:
+        raise InvalidInput(f"cannot remove {path}: {e.strerror}") from e
+
+
+def _describe(path: Path) -> LocalDataset:
+    target = _Clone.of(path)
+    if not (
+        target.git_dir.is_dir() and _run([*target.args(), "rev-parse", "--git-dir"]).status == 0
+    ):
         return LocalDataset(name=path.name, path=path, is_git=False, head=None, remote=None)
-    with repo:
-        head = repo.head.commit.hexsha[:SHORT_SHA_LEN] if repo.head.is_valid() else None
-        remote = repo.remotes.origin.url if "origin" in repo.remotes else None
-    return LocalDataset(name=path.name, path=path, is_git=True, head=head, remote=remote)
-
-
-def _run(args: list[str], *, cwd: Path, timeout_s: float) -> tuple[int, str, str]:
-    """Run one hardened git command; return its exit status, stdout and stderr."""
-    return git.Git(cwd).execute(
-        ["git", *_SAFE_CONFIG, *args],
-        with_extended_output=True,
-        with_exceptions=False,
-        env=_GIT_ENV,
-        kill_after_timeout=timeout_s,
+    head = _head(target)
+    return LocalDataset(
+        name=path.name,
+        path=path,
+        is_git=True,
+        head=head[:SHORT_SHA_LEN] if head else None,
+        remote=_origin(target),
     )
 
 
-def _git(args: list[str], *, cwd: Path, endpoint: str, timeout_s: float) -> str:
+def _head(target: _Clone) -> str | None:
+    """The sha (40 hex) of the clone's HEAD commit, or None (no commit yet)."""
+    found = _run([*target.args(), "rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+    return found.stdout.strip() if found.status == 0 else None
+
+
+def _origin(target: _Clone) -> str | None:
+    """The URL of the clone's `origin` remote, from the store's config, or None."""
+    found = _run([*target.args(), "config", "--get", "remote.origin.url"])
+    return found.stdout.strip() if found.status == 0 else None
+
+
+# ---- running git ------------------------------------------------------------------------------
+
+
+def _run(
+    args: Sequence[str],
+    *,
+    credentials: Path | None = None,
+    stdin: str = "",
+    timeout_s: float = LOCAL_TIMEOUT_S,
+) -> _Result:
+    """Run one hardened git command in `/` with `stdin`; return its exit status, stdout, stderr.
+
+    After `timeout_s` seconds git and its children (transport helpers, ssh) are killed; the
+    result then has status -9 and a `fatal: ... did not complete` message.
+    """
+    argv = ["git", *_SAFE_CONFIG, *_credential_config(credentials), *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | _GIT_ENV
+    with subprocess.Popen(
+        argv,
+        cwd="/",
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # its own process group, killed as a whole
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(stdin, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            return _Result(-9, "", f"fatal: git did not complete within {timeout_s:g} s")
+    return _Result(process.returncode, stdout, stderr)
+
+
+def _credential_config(credentials: Path | None) -> list[str]:
+    """git options making `credentials` (a git-credential-store file) the only helper."""
+    if credentials is None:
+        return []
+    helper = f"store --file={shlex.quote(str(credentials.absolute()))}"
+    return ["-c", f"credential.helper={helper}"]
+
+
+def _remote(
+    args: Sequence[str], *, endpoint: str, credentials: Path | None, timeout_s: float
+) -> str:
     """Run one hardened git command that talks to `endpoint`; return its stdout.
 
-    Errors show `endpoint` with any password in it masked.
+    Errors show `endpoint` through `text.redact_url`.
 
     Raises:
         InvalidInput: git refused the URL (e.g. a transport that is not allowed).
         NotFound: there is no repository at the URL (not worth a retry).
-        ServiceUnavailable: any other failure, with git's message.
+        ServiceUnavailable: any other failure (or the timeout), with git's message.
     """
-    status, stdout, stderr = _run(args, cwd=cwd, timeout_s=timeout_s)
-    if status == 0:
-        return stdout
-    detail = _git_message(stderr)
-    [shown] = remove_password_if_present([endpoint])
+    done = _run(args, credentials=credentials, timeout_s=timeout_s)
+    if done.status == 0:
+        return done.stdout
+    detail = _git_message(done.stderr)
+    shown = redact_url(endpoint)
     if any(marker in detail for marker in _REFUSED_MARKERS):
         raise InvalidInput(f"git refused the URL {shown!r}: {detail}")
     if any(marker in detail for marker in _MISSING_MARKERS):
@@ -203,12 +509,20 @@ def _git(args: list[str], *, cwd: Path, endpoint: str, timeout_s: float) -> str:
     raise ServiceUnavailable("git", shown, detail)
 
 
+def _check_url(url: str) -> None:
+    """Raise InvalidInput when `models.validate_git_url` refuses `url`."""
+    try:
+        validate_git_url(url)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from e
+
+
 def _check_origin(dest: Path, remote: str | None, url: str | None) -> None:
     """Raise InvalidInput when the clone at `dest` comes from `remote`, not from `url`."""
     if remote is not None and url is not None and remote != url:
-        [shown_remote, shown_url] = remove_password_if_present([remote, url])
         raise InvalidInput(
-            f"{dest} is a clone of {shown_remote}, not of {shown_url}: move it away to clone afresh"
+            f"{dest} is a clone of {redact_url(remote)}, not of {redact_url(url)}: "
+            "move it away to clone afresh"
         )
 
 

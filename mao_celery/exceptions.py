@@ -5,6 +5,8 @@ The CLI maps each class to an exit code; tasks record them in the run report.
 
 from pydantic import ValidationError
 
+from mao_celery.text import redact_urls
+
 
 class MaoError(Exception):
     """Base of every error MAO raises on purpose; its message is one line for a person."""
@@ -54,7 +56,13 @@ class RunFailed(MaoError):
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """The first problem of a pydantic validation error as one line: `field: message`."""
+    """The first problem of a pydantic validation error: `field: message`.
+
+    Only the error's location and message are used, never pydantic's `input_value` (the refused
+    value itself); any URL in them is shown through `text.redact_url`, so a secret in a refused
+    value (a registry entry written by another client) is not repeated. The text may still hold
+    control characters (a field name comes from the input): output makes it `text.printable`.
+    """
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "value"
-    return f"{where}: {str(first['msg']).removeprefix('Value error, ')}"
+    return redact_urls(f"{where}: {str(first['msg']).removeprefix('Value error, ')}")

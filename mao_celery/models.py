@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from mao_celery.exceptions import InvalidInput, describe_validation_error
+from mao_celery.text import redact_url
 
 # design.md §3: names become directory names under importdir, so nothing else passes.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -33,10 +34,16 @@ IMAGE_RE = re.compile(
 )
 IMAGE_NAME_MAX = 255
 NETWORK_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
+# A node id becomes part of etcd keys (members, notifications): a host-name-like word.
+NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+# Run ids are uuid4 hex (enqueue.start_run) or a Celery task id without dashes (scheduled runs);
+# they become Redis keys and container labels.
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 M = TypeVar("M", bound=BaseModel)
 
 GIT_URL_SCHEMES = frozenset({"https", "http", "ssh", "git", "file"})
+_TOKEN_AS_USER_SCHEMES = frozenset({"https", "http"})
 _SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[^:].*")
 _SAFE_CHARS_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces or control characters
 
@@ -86,18 +93,23 @@ def validate_git_url(value: str) -> str:
     Accepted: `https://`, `http://`, `ssh://`, `git://`, `file://` URLs, scp-like
     `user@host:path`, and absolute paths. Refused: remote helpers such as `ext::` and `fd::`
     (they run commands), anything starting with `-` or holding a part that starts with `-`
-    (git would read it as an option), spaces and control characters.
+    (git would read it as an option), spaces and control characters, and credentials: a password
+    in any URL, or any user info in an http(s) URL (a token is given as the user name), since
+    every member of the federation reads the registry. Credentials belong in the node's
+    `MAO_GIT_CREDENTIALS_FILE`; `ssh://git@host/x` and `git@host:x` name an ssh user, no secret.
 
     Raises:
-        ValueError: the URL is refused; the message says why.
+        ValueError: the URL is refused; the message says why and shows the URL through
+            `text.redact_url`, so never a secret.
     """
+    shown = redact_url(value)
     if "::" in value:
-        raise ValueError(f"invalid git URL {value!r}: remote helpers ('transport::') are refused")
+        raise ValueError(f"invalid git URL {shown!r}: remote helpers ('transport::') are refused")
     if not value or not _SAFE_CHARS_RE.fullmatch(value):
-        raise ValueError(f"invalid git URL {value!r}: empty or contains spaces/control characters")
+        raise ValueError(f"invalid git URL {shown!r}: empty or contains spaces/control characters")
     if any(part.startswith("-") for part in re.split(r"[/:@]", value)):
         raise ValueError(
-            f"invalid git URL {value!r}: a part starting with '-' looks like an option"
+            f"invalid git URL {shown!r}: a part starting with '-' looks like an option"
         )
     if value.startswith("/"):
         return value
@@ -106,17 +118,48 @@ def validate_git_url(value: str) -> str:
     try:
         parts = urlsplit(value)
     except ValueError as e:
-        raise ValueError(f"invalid git URL {value!r}: {e}") from e
+        raise ValueError(f"invalid git URL {shown!r}: {e}") from e
     if parts.scheme not in GIT_URL_SCHEMES:
         raise ValueError(
-            f"invalid git URL {value!r}: use https://, http://, ssh://, git://, file://, "
+            f"invalid git URL {shown!r}: use https://, http://, ssh://, git://, file://, "
             "user@host:path or an absolute path"
+        )
+    if parts.password is not None or (
+        parts.scheme in _TOKEN_AS_USER_SCHEMES and "@" in parts.netloc
+    ):
+        raise ValueError(
+            f"invalid git URL {shown!r}: credentials are refused in registry URLs (every member "
+            "reads them); put them in the node's MAO_GIT_CREDENTIALS_FILE (a git-credential-store "
+            "file) or use ssh"
         )
     if parts.scheme == "file":
         if not PurePosixPath(parts.path).is_absolute():
-            raise ValueError(f"invalid git URL {value!r}: file:// needs an absolute path")
+            raise ValueError(f"invalid git URL {shown!r}: file:// needs an absolute path")
     elif not parts.hostname:
-        raise ValueError(f"invalid git URL {value!r}: no host")
+        raise ValueError(f"invalid git URL {shown!r}: no host")
+    return value
+
+
+def validate_node_id(value: str) -> str:
+    """Check a node id: `[A-Za-z0-9][A-Za-z0-9._-]{0,252}`, a host-name-like word (it becomes
+    part of etcd keys and is shown in logs).
+
+    Raises:
+        ValueError: the id does not match.
+    """
+    if not NODE_ID_RE.fullmatch(value):
+        raise ValueError(f"node id {value!r}: use letters, digits, '.', '_', '-'")
+    return value
+
+
+def validate_run_id(value: str) -> str:
+    """Check a run id: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}` (uuid4 hex in practice).
+
+    Raises:
+        ValueError: the id does not match.
+    """
+    if not RUN_ID_RE.fullmatch(value):
+        raise ValueError(f"invalid run id {value!r}: use 1-64 of letters, digits, '.', '_', '-'")
     return value
 
 
@@ -124,6 +167,8 @@ Name = Annotated[str, AfterValidator(validate_name)]
 ImageRef = Annotated[str, AfterValidator(validate_image)]
 GitUrl = Annotated[str, AfterValidator(validate_git_url)]
 Network = Annotated[str, AfterValidator(validate_network)]
+NodeId = Annotated[str, AfterValidator(validate_node_id)]
+RunId = Annotated[str, AfterValidator(validate_run_id)]
 Text = Annotated[str, Field(max_length=4096)]
 
 
@@ -174,7 +219,7 @@ class Dataset(_Model):
 class Member(_Model):
     """A live node of the federation, kept in etcd on a lease refreshed by its heartbeat."""
 
-    node_id: Annotated[str, Field(min_length=1, max_length=253)]
+    node_id: NodeId
     hostname: str
     version: str
     started_at: datetime
@@ -215,11 +260,16 @@ class SpikeResult(_Model):
 
 
 class Notification(_Model):
-    """A spike notification, published once per run under `/mao/notifications/`."""
+    """A spike notification, published once per run under `/mao/notifications/`.
+
+    `node` and `run_id` follow the node id and run id rules (`validate_node_id`,
+    `validate_run_id`): every member logs them, so an entry with e.g. a newline in them is refused
+    on write and skipped on read.
+    """
 
     tool: Name
-    node: str
-    run_id: str
+    node: NodeId
+    run_id: RunId
     control_value: float
     baseline: float | None
     gain_pct: float | None
@@ -256,7 +306,9 @@ class RunReport(BaseModel):
     """One run's state, handed from task to task along the chain; its final form is the report.
 
     Times are UTC. `timeout_s` is the container's wall-clock limit in seconds; the spike settings
-    are the tool's, or the node's defaults, as they were when the run was prepared.
+    are the tool's, or the node's defaults, as they were when the run was prepared. `user`
+    (numeric `uid:gid`) and `network` (Docker network) are what the container ran as and on,
+    recorded by the run step ("" before it).
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -275,6 +327,8 @@ class RunReport(BaseModel):
     spike_threshold_pct: float = 20.0
     control_files_before: list[str] = []
     steps_done: list[str] = []
+    user: str = ""
+    network: str = ""
     container_name: str = ""
     exit_code: int | None = None
     log_tail: str = ""

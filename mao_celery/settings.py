@@ -26,13 +26,11 @@ from pydantic_settings import (
 )
 
 from mao_celery.exceptions import InvalidInput, describe_validation_error
-from mao_celery.models import validate_network
+from mao_celery.models import validate_network, validate_node_id
 from mao_celery.text import redact_url
 
 DEFAULT_IMPORTDIR = Path.home() / ".local" / "share" / "mao" / "importdir"
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-# A node id becomes part of etcd keys (members, notifications): a host-name-like word.
-NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 # MAO_TOOL_USER: numeric uid:gid (names would need the image's /etc/passwd).
 TOOL_USER_RE = re.compile(r"(?P<uid>[0-9]{1,10}):(?P<gid>[0-9]{1,10})")
 
@@ -164,9 +162,7 @@ class Settings(BaseSettings):
     @field_validator("node_id")
     @classmethod
     def _check_node_id(cls, value: str) -> str:
-        if not NODE_ID_RE.fullmatch(value):
-            raise ValueError(f"node id {value!r}: use letters, digits, '.', '_', '-'")
-        return value
+        return validate_node_id(value)
 
     @field_validator("etcd_prefix")
     @classmethod

@@ -116,11 +116,13 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
 
 
 def prepare(ctx: Node, report: RunReport) -> RunReport:
-    """Read the tool from the registry and clone its data repository on first use."""
+    """Read the tool from the registry, clone its data repository on first use and hand the data
+    directory to the tool's user."""
     tool = ctx.registry.tools.get(report.tool)
     conf = ctx.settings
     data_dir = datasets.local_path(conf.importdir, tool.name)
-    datasets.ensure_clone(tool.data_repo, data_dir)
+    datasets.ensure_clone(tool.data_repo, data_dir, credentials=conf.git_credentials_file)
+    datasets.hand_over(data_dir, *conf.tool_uid_gid)
     return report.model_copy(
         update={
             "started_at": utcnow(),
@@ -134,17 +136,47 @@ def prepare(ctx: Node, report: RunReport) -> RunReport:
     )
 
 
+def tool_box(ctx: Node, name: str) -> tuple[str | None, bool]:
+    """What tool `name` asks of its container: (network or None for the node's default,
+    read-only root file system). A tool removed since its run was prepared gets the strictest
+    box, (None, True), so that a redelivered run step still adopts and ends the run's container.
+
+    Raises:
+        ServiceUnavailable: etcd did not answer.
+        InvalidInput: the tool's registry entry is not valid.
+    """
+    try:
+        tool = ctx.registry.tools.get(name)
+    except NotFound:
+        return None, True
+    return tool.network, tool.read_only_rootfs
+
+
 def run(ctx: Node, report: RunReport) -> RunReport:
-    """Run the tool's container on the data directory (or adopt the run's container)."""
+    """Run the tool's container on the data directory (or adopt the run's container), as the
+    node's `tool_user`, on the network the tool asks for if the node allows it, with the root file
+    system the tool asks for (see `tool_box`); the report records the user and network.
+
+    Raises:
+        RunFailed: the node does not allow the tool's network (no container is started).
+    """
+    conf = ctx.settings
+    asked, read_only_rootfs = tool_box(ctx, report.tool)
+    network = containers.granted_network(
+        report.tool, asked, conf.tool_network, conf.tool_networks_allowed
+    )
+    report = report.model_copy(update={"user": conf.tool_user, "network": network})
     spec = containers.ContainerSpec(
         run_id=report.run_id,
         tool=report.tool,
         image=report.image,
         data_dir=Path(report.data_dir),
+        user=report.user,
         timeout_s=report.timeout_s,
-        memory_bytes=ctx.settings.run_memory_bytes,
-        nano_cpus=int(ctx.settings.run_cpus * 1e9) if ctx.settings.run_cpus else None,
-        network_mode=ctx.settings.tool_network,
+        memory_bytes=conf.run_memory_bytes,
+        nano_cpus=int(conf.run_cpus * 1e9) if conf.run_cpus else None,
+        network_mode=network,
+        read_only_rootfs=read_only_rootfs,
     )
     try:
         outcome = containers.run_container(ctx.docker, spec)
@@ -180,14 +212,22 @@ def adopted_outcome(ctx: Node, report: RunReport) -> RunReport:
 
 
 def detect(ctx: Node, report: RunReport) -> RunReport:
-    """Read the control files and apply the spike rule."""
+    """Read the control files and apply the spike rule; fail the run when the tool, though it
+    exited 0, wrote no new control file (most often: it cannot write its data directory)."""
     result = spike.detect_spike(
         Path(report.data_dir),
         window=report.spike_window,
         threshold_pct=report.spike_threshold_pct,
         seen_before=report.control_files_before,
     )
-    return report.model_copy(update={"spike": result})
+    report = report.model_copy(update={"spike": result})
+    if not result.new_files:
+        return report.failed(
+            f"the tool wrote no new control file in {containers.DATA_MOUNT} (it runs as uid:gid "
+            f"{report.user}; the data directory must be writable by that user, and the image must "
+            "write control-<value>.csv there)"
+        )
+    return report
 
 
 def publish(ctx: Node, report: RunReport) -> RunReport:

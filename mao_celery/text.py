@@ -22,6 +22,10 @@ _UNSAFE_RE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
 )
 REDACTED = "***"
+# RFC 3986 §3.2: the authority follows "//" and ends at the first "/", "?" or "#"; user info is
+# what precedes its last "@".
+_AUTHORITY_USERINFO_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+_URL_WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 
 
 def printable(value: object) -> str:
@@ -35,16 +39,29 @@ def printable_lines(text: str) -> list[str]:
 
 
 def redact_url(url: str) -> str:
-    """`url` with its credentials masked: `user:***@` where it holds a password, and `***@` for an
-    http(s) user name alone (a token is often given as the user name). Other text is unchanged.
+    """`url` with its credentials masked: all user info of an http(s) URL (`https://***@host/`: a
+    token is often given as the user name, e.g. GitHub's `TOKEN:x-oauth-basic@`), the password
+    of any other URL (`ssh://git:***@host/`). Other text is unchanged (`ssh://git@host/`).
+
+    A URL that `urllib.parse.urlsplit` cannot parse (e.g. `https://u:p@[x/`) has everything
+    between `scheme://` and the last `@` of its authority masked: `https://***@[x/`.
     """
     try:
         parts = urlsplit(url)
-        password, username = parts.password, parts.username
+        password = parts.password
     except ValueError:
-        return url
-    if password is None and not (username and parts.scheme in {"http", "https"}):
-        return url
+        return _AUTHORITY_USERINFO_RE.sub(rf"\g<scheme>{REDACTED}@", url)
     userinfo, _, hostport = parts.netloc.rpartition("@")
-    shown = f"{parts.username}:{REDACTED}" if password is not None else REDACTED
-    return parts._replace(netloc=f"{shown}@{hostport}").geturl() if userinfo else url
+    if userinfo and parts.scheme in {"http", "https"}:
+        shown = REDACTED
+    elif password is not None:
+        shown = f"{parts.username}:{REDACTED}"
+    else:
+        return url
+    return parts._replace(netloc=f"{shown}@{hostport}").geturl()
+
+
+def redact_urls(text: str) -> str:
+    """`text` with `redact_url` applied to every `scheme://...` word in it (a word ends at white
+    space or a quote), e.g. an error message quoting a URL."""
+    return _URL_WORD_RE.sub(lambda m: redact_url(m.group()), text)

@@ -16,6 +16,7 @@ import click
 import pytest
 
 import cli
+from mao_celery import datasets
 from mao_celery.registry import Registry
 from tests.fixtures.node import NodeUnderTest, git
 from tests.fixtures.services import EtcdServer, connect_etcd, free_ports
@@ -51,8 +52,18 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def head_of(repo: Path) -> str:
+    """The HEAD commit of the git repository at `repo` (its own `.git`)."""
+    return rev_parse_head(["-C", str(repo)])
+
+
+def clone_head(clone: Path) -> str:
+    """The HEAD commit of a MAO clone whose work tree is `clone` (its git dir is in the store)."""
+    return rev_parse_head([f"--git-dir={datasets.store_path(clone)}"])
+
+
+def rev_parse_head(where: list[str]) -> str:
     return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ["git", *where, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
 
 
@@ -110,6 +121,8 @@ def test_a_tool_is_registered_shown_and_removed(node: NodeUnderTest) -> None:
         "description": "counts things",
         "spike_window": 3,
         "spike_threshold_pct": 12.5,
+        "network": None,
+        "read_only_rootfs": True,
         "created_at": None,
         "created_by": "node-a",
     }
@@ -328,7 +341,7 @@ def test_a_dataset_is_cloned_then_fast_forwarded(
     assert maoctl(node, "dataset", "add", "weather", url).returncode == 0
 
     cloned = maoctl(node, "dataset", "clone", "weather")
-    first_head = head_of(clone)
+    first_head = clone_head(clone)
     new_head = push_file(work_clone_of(url), "control-1.csv")
     updated = maoctl(node, "dataset", "clone", "weather", "--update")
     cloned_again = maoctl(node, "dataset", "clone", "weather")
@@ -340,7 +353,7 @@ def test_a_dataset_is_cloned_then_fast_forwarded(
     assert updated.returncode == 0, updated.stderr
     assert updated.stdout == f"dataset weather updated to {new_head[:12]} in {clone}\n"
     assert new_head != first_head
-    assert head_of(clone) == new_head
+    assert clone_head(clone) == new_head
     assert (clone / "control-1.csv").read_text() == "10\n"
     assert cloned_again.returncode == 1
     assert "already exists: use --update" in error_line(cloned_again)

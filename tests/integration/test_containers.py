@@ -1,12 +1,16 @@
 """containers.py against the real Docker daemon, with the FROM-scratch busybox image.
 
-Every container runs with network_mode="none" and a run id of its own; teardown removes whatever
+Every container runs with network_mode="none", as the tool user 10001:10001 (who owns the data
+directory, as the prepare step arranges), and a run id of its own; teardown removes whatever
 carries the test's run ids. Pure helpers (remaining time, timeout classification, validation)
 are tested at the end without Docker.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import threading
 import time
 import uuid
@@ -26,6 +30,7 @@ from mao_celery.containers import (
     DATA_MOUNT,
     LABEL_RUN_ID,
     LABEL_TOOL,
+    LOG_TAIL_MAX_CHARS,
     ContainerGone,
     ContainerOutcome,
     ContainerSpec,
@@ -43,6 +48,8 @@ pytestmark = pytest.mark.integration
 # For specs whose image is never looked at.
 ANY_IMAGE = "mao-busybox:latest"
 TOOL = "demo"
+TOOL_UID = 10001
+TOOL_USER = f"{TOOL_UID}:{TOOL_UID}"
 # A registry on a closed loopback port: the one pull attempt fails at once and leaves the machine
 # for no address but loopback (127.0.0.0/8 is an insecure registry by default, so plain HTTP).
 MISSING_IMAGE = "127.0.0.1:9/mao-no-such-image:latest"
@@ -73,7 +80,19 @@ def run_id(new_run_id: Callable[[], str]) -> str:
 def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "importdir" / TOOL
     path.mkdir(parents=True)
+    os.chown(path, TOOL_UID, TOOL_UID)
     return path
+
+
+@pytest.fixture(scope="module")
+def writable_etc_image(docker_client: docker.DockerClient, busybox_image: str) -> str:
+    """Busybox whose /etc anyone may write: only a read-only root file system keeps a tool out."""
+    tag = "mao-test-writable-etc:latest"
+    dockerfile = f"FROM {busybox_image}\nRUN chmod 1777 /etc\n"
+    docker_client.images.build(
+        fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, network_mode="none"
+    )
+    return tag
 
 
 def containers_of(client: docker.DockerClient, run_id: str) -> list[Container]:
@@ -85,12 +104,13 @@ def containers_of(client: docker.DockerClient, run_id: str) -> list[Container]:
 
 
 def make_spec(run_id: str, data_dir: Path, image: str, script: str, **kwargs: Any) -> ContainerSpec:
-    """A spec running `sh -c script` without network."""
+    """A spec running `sh -c script` as the tool user without network."""
     return ContainerSpec(
         run_id=run_id,
         tool=TOOL,
         image=image,
         data_dir=data_dir,
+        user=TOOL_USER,
         network_mode="none",
         command=["sh", "-c", script],
         **kwargs,
@@ -138,7 +158,7 @@ def outcome_or_gone(run: Callable[[], ContainerOutcome]) -> ContainerOutcome | C
         return e
 
 
-def test_run_binds_data_dir_sets_labels_and_limits_then_removes_container(
+def test_run_boxes_the_container_binds_data_dir_sets_labels_and_limits_then_removes_it(
     docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
 ) -> None:
     script = f"until [ -f {DATA_MOUNT}/go ]; do sleep 0.05; done; echo $GREETING > out.txt"
@@ -162,7 +182,7 @@ def test_run_binds_data_dir_sets_labels_and_limits_then_removes_container(
     assert container.name == f"mao-run-{run_id}"
     labels = attrs["Config"]["Labels"]
     assert (labels[LABEL_RUN_ID], labels[LABEL_TOOL]) == (run_id, TOOL)
-    assert attrs["Config"]["User"] == ""
+    assert attrs["Config"]["User"] == TOOL_USER
     assert attrs["Config"]["Tty"] is False
     assert attrs["Config"]["OpenStdin"] is False
     host_config = attrs["HostConfig"]
@@ -170,13 +190,75 @@ def test_run_binds_data_dir_sets_labels_and_limits_then_removes_container(
     assert host_config["NanoCpus"] == 500_000_000
     assert host_config["PidsLimit"] == 4096
     assert host_config["SecurityOpt"] == ["no-new-privileges"]
+    assert host_config["CapDrop"] == ["ALL"]
+    assert not host_config["CapAdd"]
+    assert host_config["Privileged"] is False
+    assert host_config["ReadonlyRootfs"] is True
+    assert host_config["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=64m"}
     assert host_config["NetworkMode"] == "none"
+    assert host_config["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "1m", "max-file": "1"},
+    }
     assert host_config["Binds"] == [f"{data_dir}:{DATA_MOUNT}:rw"]
     assert outcome == ContainerOutcome(
         exit_code=0, timed_out=False, log_tail="", adopted=False, container_name=f"mao-run-{run_id}"
     )
     assert (data_dir / "out.txt").read_text() == "hello\n"
+    assert (data_dir / "out.txt").stat().st_uid == TOOL_UID
     assert containers_of(docker_client, run_id) == []
+
+
+def test_a_tool_leaves_no_setuid_root_file_and_no_device_node(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    script = f"cd {DATA_MOUNT}; cp /bin/sh x; chmod 4755 x; mknod -m 666 null c 1 3; echo done"
+    outcome = run_container(docker_client, make_spec(run_id, data_dir, busybox_image, script))
+
+    assert outcome.exit_code == 0
+    assert "mknod: null: Operation not permitted" in outcome.log_tail
+    entries = {path.name: path.lstat() for path in data_dir.iterdir()}
+    assert sorted(entries) == ["x"]
+    assert all(st.st_uid == TOOL_UID and st.st_gid == TOOL_UID for st in entries.values())
+    assert not any(stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) for st in entries.values())
+    assert not any(st.st_mode & stat.S_ISUID and st.st_uid == 0 for st in entries.values())
+
+
+@pytest.mark.parametrize(
+    ("read_only_rootfs", "expected"),
+    [
+        (True, ["sh: can't create /etc/x: Read-only file system", "wrote /tmp/x"]),
+        (False, ["wrote /etc/x", "wrote /tmp/x"]),
+    ],
+    ids=["read-only", "writable"],
+)
+def test_a_read_only_root_file_system_leaves_the_tool_only_its_data_and_tmp(
+    docker_client: docker.DockerClient,
+    writable_etc_image: str,
+    run_id: str,
+    data_dir: Path,
+    read_only_rootfs: bool,
+    expected: list[str],
+) -> None:
+    script = "for f in /etc/x /tmp/x; do echo x > $f && echo wrote $f; done 2>&1"
+    spec = make_spec(
+        run_id, data_dir, writable_etc_image, script, read_only_rootfs=read_only_rootfs
+    )
+
+    outcome = run_container(docker_client, spec)
+
+    assert outcome.exit_code == 0
+    assert outcome.log_tail.splitlines() == expected
+
+
+def test_the_log_tail_keeps_the_last_characters_of_a_huge_line(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    script = "head -c 100000 /dev/zero | tr '\\0' a; echo end"
+    outcome = run_container(docker_client, make_spec(run_id, data_dir, busybox_image, script))
+
+    assert len(outcome.log_tail) == LOG_TAIL_MAX_CHARS
+    assert outcome.log_tail.endswith("aaaaend\n")
 
 
 def test_nonzero_exit_returns_exit_code_and_last_log_lines(
@@ -231,7 +313,7 @@ def test_command_missing_from_image_fails_and_leaves_nothing(
         tool=TOOL,
         image=busybox_image,
         data_dir=data_dir,
-        network_mode="none",
+        user=TOOL_USER,
         command=["/no/such/tool"],
     )
     with pytest.raises(RunFailed, match=rf"container mao-run-{run_id} could not start: .*/no/such"):
@@ -460,8 +542,16 @@ def test_run_id_unfit_for_a_container_name_is_invalid(run_id: str) -> None:
         {"memory_bytes": 0},
         {"log_tail_lines": -1},
         {"nano_cpus": 0},
+        {"user": ""},
+        {"user": "root"},
+        {"user": "0:0"},
+        {"user": "10001:0"},
+        {"user": "0:10001"},
     ],
 )
-def test_spec_with_unusable_limits_is_invalid(limits: dict[str, Any], tmp_path: Path) -> None:
+def test_spec_with_unusable_limits_or_user_is_invalid(
+    limits: dict[str, Any], tmp_path: Path
+) -> None:
+    fields = {"user": TOOL_USER} | limits
     with pytest.raises(InvalidInput):
-        ContainerSpec(run_id="r1", tool=TOOL, image=ANY_IMAGE, data_dir=tmp_path, **limits)
+        ContainerSpec(run_id="r1", tool=TOOL, image=ANY_IMAGE, data_dir=tmp_path, **fields)

@@ -1,4 +1,7 @@
-"""datasets.py against real git repositories in tmp_path: a bare upstream and a work clone."""
+"""datasets.py against real git repositories in tmp_path: a bare upstream and a work clone.
+
+The attacks of a tool on its data directory are in test_git_isolation.py.
+"""
 
 from __future__ import annotations
 
@@ -36,12 +39,18 @@ def run_git(*args: str, cwd: Path) -> str:
     return done.stdout.rstrip("\n")
 
 
-def commit_file(work: Path, name: str, content: str) -> str:
-    """Commit one file in the work tree `work`; return the new commit's sha."""
+def in_clone(dest: Path, *args: str) -> str:
+    """Run git on the clone at `dest` (its store and work tree), as run_git does."""
+    return run_git(f"--git-dir={datasets.store_path(dest)}", f"--work-tree={dest}", *args, cwd=dest)
+
+
+def commit_file(work: Path, name: str, content: str, *, store: bool = False) -> str:
+    """Commit one file in the work tree `work` (a clone of ours when `store`); return its sha."""
     (work / name).write_text(content)
-    run_git("add", name, cwd=work)
-    run_git("commit", "-q", "-m", f"add {name}", cwd=work)
-    return run_git("rev-parse", "HEAD", cwd=work)
+    prefix = (f"--git-dir={datasets.store_path(work)}", f"--work-tree={work}") if store else ()
+    run_git(*prefix, "add", name, cwd=work)
+    run_git(*prefix, "commit", "-q", "-m", f"add {name}", cwd=work)
+    return run_git(*prefix, "rev-parse", "HEAD", cwd=work)
 
 
 @dataclass(frozen=True)
@@ -105,8 +114,31 @@ def test_clone_by_url_and_path_leaves_only_the_clone(
 
     assert datasets.clone(url, dest) == dest
 
+    assert listing(dest) == ["control-1.csv"]  # no .git: the git dir is in the store
     assert (dest / "control-1.csv").read_text() == "10\n"
-    assert listing(importdir) == ["weather"]
+    assert listing(importdir) == [".git-store", "weather"]
+    assert listing(importdir / ".git-store") == ["weather.git"]
+    assert datasets.store_path(dest) == importdir.absolute() / ".git-store" / "weather.git"
+    assert (importdir / ".git-store").stat().st_mode & 0o777 == 0o700
+    assert in_clone(dest, "config", "remote.origin.url") == url
+    assert in_clone(dest, "status", "--porcelain") == ""
+
+
+def test_a_stale_store_entry_is_replaced_not_trusted(
+    upstream: Upstream, importdir: Path, tmp_path: Path, marker: Path, script: Path
+) -> None:
+    # A crash between the two renames left a store entry without its work tree.
+    stale = datasets.store_path(importdir / "weather")
+    run_git("init", "-q", "--bare", str(stale), cwd=tmp_path)
+    run_git("config", "remote.origin.url", str(tmp_path / "elsewhere.git"), cwd=stale)
+    (stale / "hooks" / "post-checkout").write_text(script.read_text())
+    (stale / "hooks" / "post-checkout").chmod(0o755)
+
+    dest = datasets.clone(str(upstream.bare), importdir / "weather")
+
+    assert in_clone(dest, "config", "remote.origin.url") == str(upstream.bare)
+    assert listing(dest) == ["control-1.csv"]
+    assert not marker.exists()
 
 
 def test_clone_into_existing_dest_is_refused_and_dest_unchanged(
@@ -146,7 +178,7 @@ def test_failed_clone_leaves_no_directory(tmp_path: Path, importdir: Path, sourc
     with pytest.raises(NotFound, match=r"no git repository at .*: fatal: "):
         datasets.clone(url, importdir / "weather")
 
-    assert listing(importdir) == before
+    assert listing(importdir) == before  # neither work tree nor store (nor a staging directory)
 
 
 def test_clone_that_times_out_is_killed_and_leaves_nothing(importdir: Path) -> None:
@@ -167,14 +199,15 @@ def test_clone_into_relative_dest(
     datasets.clone(str(upstream.bare), Path(importdir.name) / "weather")
 
     assert (importdir / "weather" / "control-1.csv").read_text() == "10\n"
-    assert listing(importdir) == ["weather"]
+    assert listing(importdir) == [".git-store", "weather"]
 
 
 def test_unreachable_remote_error_masks_the_password(importdir: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-    # The port is closed again: the connection is refused.
-    with pytest.raises(ServiceUnavailable) as caught:
+    # The port is closed again: the connection is refused (if the URL gets that far: a URL with
+    # a password is refused by validate_git_url).
+    with pytest.raises((InvalidInput, ServiceUnavailable)) as caught:
         datasets.clone(f"http://user:s3cret@127.0.0.1:{port}/data.git", importdir / "web")
 
     assert "s3cret" not in str(caught.value)
@@ -221,22 +254,23 @@ def test_update_fast_forwards_to_the_new_commit(upstream: Upstream, importdir: P
     assert datasets.update(dest) == sha
 
     assert (dest / "control-2.csv").read_text() == "11\n"
-    assert run_git("rev-parse", "HEAD", cwd=dest) == sha
+    assert in_clone(dest, "rev-parse", "HEAD") == sha
+    assert listing(dest) == ["control-1.csv", "control-2.csv"]
 
 
 def test_update_of_diverged_clone_is_refused_and_changes_nothing(
     upstream: Upstream, importdir: Path
 ) -> None:
     dest = datasets.clone(str(upstream.bare), importdir / "weather")
-    local_sha = commit_file(dest, "local.csv", "1\n")
+    local_sha = commit_file(dest, "local.csv", "1\n", store=True)
     upstream.push_file("remote.csv", "2\n")
 
     with pytest.raises(InvalidInput, match="cannot fast-forward"):
         datasets.update(dest)
 
-    assert run_git("rev-parse", "HEAD", cwd=dest) == local_sha
-    assert listing(dest) == [".git", "control-1.csv", "local.csv"]
-    assert run_git("status", "--porcelain", cwd=dest) == ""
+    assert in_clone(dest, "rev-parse", "HEAD") == local_sha
+    assert listing(dest) == ["control-1.csv", "local.csv"]
+    assert in_clone(dest, "status", "--porcelain") == ""
 
 
 @pytest.mark.parametrize("kind", ["missing", "plain_directory", "repo_without_origin"])
@@ -245,7 +279,7 @@ def test_update_of_non_clone_is_not_found(importdir: Path, kind: str) -> None:
     if kind != "missing":
         dest.mkdir()
     if kind == "repo_without_origin":
-        run_git("init", "-q", cwd=dest)
+        run_git("init", "-q", "--bare", str(datasets.store_path(dest)), cwd=importdir)
 
     with pytest.raises(NotFound, match="not a git clone"):
         datasets.update(dest)
@@ -253,13 +287,13 @@ def test_update_of_non_clone_is_not_found(importdir: Path, kind: str) -> None:
 
 def test_update_refuses_a_clone_of_another_repository(upstream: Upstream, importdir: Path) -> None:
     dest = datasets.clone(str(upstream.bare), importdir / "weather")
-    before = run_git("rev-parse", "HEAD", cwd=dest)
+    before = in_clone(dest, "rev-parse", "HEAD")
     upstream.push_file("new.csv", "1\n")
 
     with pytest.raises(InvalidInput, match="is a clone of"):
         datasets.update(dest, url="https://example.org/another.git")
 
-    assert run_git("rev-parse", "HEAD", cwd=dest) == before
+    assert in_clone(dest, "rev-parse", "HEAD") == before
 
 
 def test_update_from_a_remote_that_is_gone_is_not_found(
@@ -272,12 +306,16 @@ def test_update_from_a_remote_that_is_gone_is_not_found(
         datasets.update(dest)
 
 
-def test_update_refuses_helper_url_planted_in_clone(
+# Defence in depth: the store is root's and never mounted, yet a helper URL, hook or fsmonitor
+# found there still runs nothing. Tools' own plants are in test_git_isolation.py.
+
+
+def test_update_refuses_helper_url_in_the_store(
     upstream: Upstream, importdir: Path, marker: Path, script: Path
 ) -> None:
     dest = datasets.clone(str(upstream.bare), importdir / "weather")
-    run_git("config", "remote.origin.url", f"ext::{script}", cwd=dest)
-    run_git("config", "protocol.ext.allow", "always", cwd=dest)
+    in_clone(dest, "config", "remote.origin.url", f"ext::{script}")
+    in_clone(dest, "config", "protocol.ext.allow", "always")
 
     with pytest.raises(InvalidInput, match="not allowed"):
         datasets.update(dest)
@@ -286,16 +324,16 @@ def test_update_refuses_helper_url_planted_in_clone(
 
 
 @pytest.mark.parametrize("plant", ["post_merge_hook", "fsmonitor"])
-def test_update_runs_no_command_planted_in_clone(
+def test_update_runs_no_command_from_the_store(
     upstream: Upstream, importdir: Path, marker: Path, script: Path, plant: str
 ) -> None:
     dest = datasets.clone(str(upstream.bare), importdir / "weather")
     if plant == "post_merge_hook":
-        hook = dest / ".git" / "hooks" / "post-merge"
+        hook = datasets.store_path(dest) / "hooks" / "post-merge"
         hook.write_text(script.read_text())
         hook.chmod(0o755)
     else:
-        run_git("config", "core.fsmonitor", str(script), cwd=dest)
+        in_clone(dest, "config", "core.fsmonitor", str(script))
     sha = upstream.push_file("control-2.csv", "11\n")
 
     assert datasets.update(dest) == sha
@@ -313,7 +351,7 @@ def test_ensure_clone_clones_once_then_reuses_with_tool_files(
     upstream.push_file("upstream-only.csv", "0\n")
 
     assert datasets.ensure_clone(str(upstream.bare), dest) is False
-    assert listing(dest) == [".git", "control-1.csv", "control-2.csv"]
+    assert listing(dest) == ["control-1.csv", "control-2.csv"]
 
 
 def test_ensure_clone_refuses_a_clone_of_another_repository(
@@ -327,7 +365,7 @@ def test_ensure_clone_refuses_a_clone_of_another_repository(
     with pytest.raises(InvalidInput, match="is a clone of"):
         datasets.ensure_clone(str(other), dest)
 
-    assert listing(dest) == [".git", "control-1.csv"]
+    assert listing(dest) == ["control-1.csv"]
 
 
 def test_ensure_clone_refuses_a_file_in_the_way(upstream: Upstream, importdir: Path) -> None:
@@ -348,13 +386,20 @@ def test_list_local_describes_valid_directories_only(upstream: Upstream, importd
     (importdir / ".hidden").mkdir()
     (importdir / "Upper").mkdir()
     (importdir / "notes.txt").write_text("a file")
-    run_git("init", "-q", str(importdir / "empty-repo"), cwd=importdir)
+    (importdir / "empty-repo").mkdir()
+    run_git(
+        "init", "-q", "--bare", str(datasets.store_path(importdir / "empty-repo")), cwd=importdir
+    )
+    run_git("init", "-q", str(importdir / "old-layout"), cwd=importdir)  # its .git is not read
 
     found = datasets.list_local(importdir)
 
     assert found == [
         datasets.LocalDataset(
             name="empty-repo", path=importdir / "empty-repo", is_git=True, head=None, remote=None
+        ),
+        datasets.LocalDataset(
+            name="old-layout", path=importdir / "old-layout", is_git=False, head=None, remote=None
         ),
         datasets.LocalDataset(
             name="plain", path=importdir / "plain", is_git=False, head=None, remote=None

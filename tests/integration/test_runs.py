@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from tests.fixtures.node import NodeUnderTest
 pytestmark = pytest.mark.integration
 
 RUN_WAIT_S = 90.0
+TOOL_UID = 10001
 
 
 def register(node: NodeUnderTest, name: str, image: str, data_repo: str, *extra: str) -> None:
@@ -39,6 +41,23 @@ def run_containers(docker_client: docker.DockerClient, run_id: str) -> list[str]
         c.name
         for c in docker_client.containers.list(all=True, filters={"label": f"mao.run_id={run_id}"})
     ]
+
+
+def containers_created_since(
+    docker_client: docker.DockerClient, tool: str, since_s: int
+) -> list[dict[str, object]]:
+    """The daemon's "create" events of `tool`'s containers from `since_s` (Unix time) to now.
+
+    Docker's event times are whole seconds: the window ends one second ahead (the call returns
+    then) so that an event of the current second is not missed.
+    """
+    events = docker_client.events(
+        since=since_s - 1,
+        until=int(time.time()) + 1,
+        filters={"type": "container", "event": "create", "label": f"mao.tool={tool}"},
+        decode=True,
+    )
+    return list(events)
 
 
 def test_demo_run_reports_a_spike_and_publishes_one_notification(
@@ -136,7 +155,7 @@ def test_a_missing_image_fails_the_run_naming_the_image(
     assert "not found locally and pull failed" in result.stderr
 
 
-def test_a_tool_writing_no_control_file_gets_a_compliance_warning(
+def test_a_tool_writing_no_control_file_fails_the_run_with_the_reason(
     node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[..., str]
 ) -> None:
     node.start_worker()
@@ -144,12 +163,101 @@ def test_a_tool_writing_no_control_file_gets_a_compliance_warning(
 
     result = node.maoctl("tool", "run", "quiet", "--json")
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 4
     report = RunReport.model_validate_json(result.stdout)
+    assert report.status == RunStatus.FAILED
+    assert report.exit_code == 0
+    assert report.error is not None
+    assert report.error.startswith(
+        "the tool wrote no new control file in /usr/src/app/data (it runs as uid:gid 10001:10001;"
+    )
+    assert report.error in result.stderr
     assert report.spike is not None
     assert report.spike.compliance_warning
-    assert report.spike.reason.startswith("insufficient data")
     assert not report.spike.spike
+    assert node.maoctl("notifications", "list", "--json").stdout.strip() == "[]"
+
+
+def test_an_image_with_a_user_of_its_own_runs_as_the_tool_user_and_succeeds(
+    node: NodeUnderTest,
+    docker_client: docker.DockerClient,
+    busybox_image: str,
+    make_data_repo: Callable[..., str],
+) -> None:
+    script = "id -u; echo 5 > /usr/src/app/data/control-1.csv"
+    dockerfile = f"FROM {busybox_image}\nUSER 1000\nCMD {json.dumps(['sh', '-c', script])}\n"
+    image = "mao-test-user-1000:latest"
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=image, rm=True)
+    node.start_worker()
+    register(node, "own-user", image, make_data_repo())
+
+    result = node.maoctl("tool", "run", "own-user", "--json")
+
+    assert result.returncode == 0, result.stderr
+    report = RunReport.model_validate_json(result.stdout)
+    assert report.status == RunStatus.SUCCEEDED
+    assert (report.user, report.log_tail) == (f"{TOOL_UID}:{TOOL_UID}", f"{TOOL_UID}\n")
+    assert report.spike is not None
+    assert report.spike.new_files == ["control-1.csv"]
+    assert (node.importdir / "own-user" / "control-1.csv").stat().st_uid == TOOL_UID
+
+
+def test_a_tool_asking_for_a_network_the_node_does_not_allow_fails_and_starts_nothing(
+    node: NodeUnderTest,
+    tool_image: Callable[[str], str],
+    make_data_repo: Callable[..., str],
+    docker_client: docker.DockerClient,
+) -> None:
+    node.start_worker()
+    image = tool_image("echo 1 > /usr/src/app/data/control-1.csv")
+    register(node, "online", image, make_data_repo(), "--network", "bridge")
+    since_s = int(time.time())
+
+    result = node.maoctl("tool", "run", "online", "--json")
+
+    assert result.returncode == 4
+    expected = (
+        "tool online asks for network 'bridge', which this node does not allow "
+        "(MAO_TOOL_NETWORKS_ALLOWED=none); an operator may allow it"
+    )
+    assert expected in result.stderr
+    report = RunReport.model_validate_json(result.stdout)
+    assert (report.status, report.error, report.container_name) == (
+        RunStatus.FAILED,
+        expected,
+        "",
+    )
+    assert containers_created_since(docker_client, "online", since_s) == []
+
+
+# /proc/net/dev lists the container's interfaces: loopback alone without a network. Reading it
+# sends nothing anywhere.
+NETWORK_PROBE = "cat /proc/net/dev; echo 1 > /usr/src/app/data/control-1.csv"
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected_network", "has_eth0"),
+    [([], "none", False), (["--network", "bridge"], "bridge", True)],
+    ids=["default-none", "bridge-allowed"],
+)
+def test_a_tool_runs_on_the_network_it_asks_for_when_the_node_allows_it(
+    node: NodeUnderTest,
+    tool_image: Callable[[str], str],
+    make_data_repo: Callable[..., str],
+    asked: list[str],
+    expected_network: str,
+    has_eth0: bool,
+) -> None:
+    node.start_worker(env={"MAO_TOOL_NETWORKS_ALLOWED": "none,bridge"})
+    register(node, "probe", tool_image(NETWORK_PROBE), make_data_repo(), *asked)
+
+    result = node.maoctl("tool", "run", "probe", "--json")
+
+    assert result.returncode == 0, result.stderr
+    report = RunReport.model_validate_json(result.stdout)
+    assert report.network == expected_network
+    assert "lo:" in report.log_tail
+    assert ("eth0:" in report.log_tail) is has_eth0
 
 
 def test_a_second_run_of_a_running_tool_is_refused(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
@@ -17,7 +18,9 @@ from mao_celery.models import (
     NAME_RE,
     TERMINAL_STATUSES,
     Dataset,
+    Member,
     Name,
+    Notification,
     RunReport,
     RunStatus,
     Tool,
@@ -26,6 +29,7 @@ from mao_celery.models import (
     validate_image,
     validate_name,
 )
+from mao_celery.text import redact_url
 
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -205,7 +209,65 @@ def test_validate_git_url_refuses_anything_with_a_remote_helper(before: str, aft
 @given(st.from_regex(r"(https?|ssh|git|file)://[\x21-\x7e]{0,40}", fullmatch=True))
 def test_validate_git_url_accepts_or_refuses_naming_the_url(url: str) -> None:
     message = refusal(lambda: validate_git_url(url), ValueError)
-    assert message is None or message.startswith(f"invalid git URL {url!r}: ")
+    assert message is None or message.startswith(f"invalid git URL {redact_url(url)!r}: ")
+
+
+SECRET = "S3cret-Pw"
+CREDENTIAL_URLS = [
+    f"http://alice:{SECRET}@host/d.git",
+    f"https://alice:{SECRET}@host/d.git",
+    f"https://{SECRET}@host/d.git",  # a token given as the user name
+    f"https://{SECRET}:x-oauth-basic@host/d.git",
+    f"ssh://git:{SECRET}@host/d.git",
+    f"git://alice:{SECRET}@host/d.git",
+    f"file://alice:{SECRET}@/srv/d.git",
+    f"https://alice:{SECRET}@[x/d.git",  # not even parsable
+    f"https://:{SECRET}@host/d.git",
+]
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+def test_validate_git_url_refuses_credentials_without_showing_them(url: str) -> None:
+    with pytest.raises(ValueError, match="invalid git URL") as raised:
+        validate_git_url(url)
+
+    assert SECRET not in str(raised.value)
+    assert "***@" in str(raised.value)
+
+
+def test_a_credentials_refusal_says_where_credentials_belong() -> None:
+    message = refusal(lambda: validate_git_url(f"https://alice:{SECRET}@host/d.git"), ValueError)
+
+    assert message == (
+        "invalid git URL 'https://***@host/d.git': credentials are refused in registry URLs "
+        "(every member reads them); put them in the node's MAO_GIT_CREDENTIALS_FILE "
+        "(a git-credential-store file) or use ssh"
+    )
+
+
+@pytest.mark.parametrize("url", ["ssh://git@host/x", "git@host:x", "ssh://git@host:22/o/r.git"])
+def test_validate_git_url_accepts_an_ssh_user(url: str) -> None:
+    assert validate_git_url(url) == url
+
+
+@given(
+    st.sampled_from(["http", "https", "ssh", "git", "file"]),
+    st.text(st.sampled_from("abcXYZ019-._~!$&'()*+,;=%"), min_size=1, max_size=12),
+    st.text(st.sampled_from("abcXYZ019-._~!$&'()*+,;=%:@"), min_size=4, max_size=24),
+)
+def test_no_refusal_or_validation_error_shows_a_password(
+    scheme: str, user: str, password: str
+) -> None:
+    url = f"{scheme}://{user}:{password}@host.example/repo.git"
+    assume(password not in url.replace(f":{password}@", ":@"))  # e.g. not the user name too
+
+    message = refusal(lambda: validate_git_url(url), ValueError)
+    with pytest.raises(ValidationError) as raised:
+        Dataset.model_validate_json(f'{{"name": "d", "url": "{url}"}}')
+
+    assert message is not None
+    assert password not in message
+    assert password not in describe_validation_error(raised.value)
 
 
 # Tool and Dataset
@@ -361,6 +423,42 @@ def test_run_status_values_are_their_lowercase_names() -> None:
     assert [status.value for status in RunStatus] == [status.name.lower() for status in RunStatus]
 
 
+# Notification and Member ids
+
+NOTIFICATION_FIELDS: dict[str, Any] = {
+    "tool": "demo",
+    "node": "node-a",
+    "run_id": "0123abcd",
+    "control_value": 2.0,
+    "baseline": 1.0,
+    "gain_pct": 100.0,
+    "threshold_pct": 20.0,
+    "detected_at": "2026-01-01T00:00:00Z",
+}
+FORGING = ["x\nWARNING forged", "x\r", "x\x1b[2J", "x\x1b]0;x\x07", "x\x00", "a b", "", "-x"]
+
+
+@pytest.mark.parametrize("value", FORGING)
+@pytest.mark.parametrize("field", ["node", "run_id"])
+def test_a_notification_refuses_a_node_or_run_id_outside_its_alphabet(
+    field: str, value: str
+) -> None:
+    with pytest.raises(InvalidInput, match=f"^{field}: "):
+        build(Notification, **NOTIFICATION_FIELDS | {field: value})
+
+
+def test_a_notification_accepts_run_ids_of_start_run_and_scheduled_runs() -> None:
+    for run_id in ["0123456789abcdef0123456789abcdef", "node-a.run_1"]:
+        assert build(Notification, **NOTIFICATION_FIELDS | {"run_id": run_id}).run_id == run_id
+
+
+@pytest.mark.parametrize("node_id", FORGING)
+def test_a_member_refuses_a_node_id_outside_its_alphabet(node_id: str) -> None:
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(InvalidInput, match=r"^node_id: "):
+        build(Member, node_id=node_id, hostname="h", version="1", started_at=when, last_seen=when)
+
+
 # describe_validation_error
 
 
@@ -379,6 +477,16 @@ def test_describe_validation_error_joins_a_nested_location_with_dots() -> None:
             {"run_id": "r1", "tool": "demo", "node": "n1", "spike": {"threshold_pct": 20.0}}
         )
     assert describe_validation_error(raised.value) == "spike.window: Field required"
+
+
+def test_describe_validation_error_never_repeats_a_url_password() -> None:
+    url = f"https://u:{SECRET}@h/r"
+    raw = json.dumps({"name": "d", "url": url, url: 1})
+    with pytest.raises(ValidationError) as raised:
+        Dataset.model_validate_json(raw)
+
+    assert SECRET in str(raised.value)  # pydantic's own text quotes the input
+    assert SECRET not in describe_validation_error(raised.value)
 
 
 def test_describe_validation_error_names_value_when_there_is_no_field() -> None:
