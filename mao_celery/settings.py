@@ -143,14 +143,11 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("tool_network")
+    @field_validator("tool_network", "tool_networks_allowed")
     @classmethod
-    def _check_tool_network(cls, value: str) -> str:
-        return validate_network(value)
-
-    @field_validator("tool_networks_allowed")
-    @classmethod
-    def _check_tool_networks_allowed(cls, value: list[str]) -> list[str]:
+    def _check_networks(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            return validate_network(value)
         return [validate_network(network) for network in value]
 
     @property

@@ -80,13 +80,6 @@ def upstream(tmp_path: Path) -> Upstream:
 
 
 @pytest.fixture
-def importdir(tmp_path: Path) -> Path:
-    path = tmp_path / "import"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def marker(tmp_path: Path) -> Path:
     """A path that a command smuggled into git would create; it must never exist."""
     return tmp_path / "pwned"

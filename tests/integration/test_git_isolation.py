@@ -224,13 +224,6 @@ def http_server(upstream: Upstream) -> Iterator[GitHttpServer]:
 
 
 @pytest.fixture
-def importdir(tmp_path: Path) -> Path:
-    path = tmp_path / "importdir"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def attack(
     tmp_path: Path, importdir: Path, upstream: Upstream, http_server: GitHttpServer
 ) -> Attack:
