@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from mao_celery.models import RunReport
+    from mao_celery.node import Node
     from mao_celery.registry import Collection, InvalidEntry, Registry
     from mao_celery.settings import Settings
 
@@ -65,16 +66,29 @@ class MaoGroup(click.Group):
             fail(e)
 
 
-def settings() -> Settings:
+def current_node() -> Node:
+    """The node of this command: its settings, read once, and its clients, each built on first
+    use and closed when the command ends.
+
+    Raises:
+        InvalidInput: a setting is invalid.
+    """
+    from mao_celery.node import Node
     from mao_celery.settings import load_settings
 
-    return load_settings()
+    ctx = click.get_current_context()
+    if "mao.node" not in ctx.meta:
+        ctx.meta["mao.node"] = built = Node(load_settings())
+        ctx.find_root().call_on_close(built.close)
+    return cast("Node", ctx.meta["mao.node"])
+
+
+def settings() -> Settings:
+    return current_node().settings
 
 
 def registry() -> Registry:
-    from mao_celery.registry import connect
-
-    return connect(settings())
+    return current_node().registry
 
 
 def print_json(data: Any) -> None:
@@ -285,13 +299,11 @@ def tool_run(name: str, no_wait: bool, wait_timeout_s: float | None, as_json: bo
     Exits 0 when the run succeeded, 4 when it failed (the reason on stderr), 5 when
     --wait-timeout-s passed first.
     """
-    from mao_celery.celery_app import app
     from mao_celery.enqueue import start_run
-    from mao_celery.runs import RunStore
 
-    conf = settings()
-    runs = RunStore.from_url(conf.redis_url, conf.run_history)
-    report = start_run(app, name, conf=conf, registry=registry(), runs=runs)
+    ctx = current_node()
+    runs = ctx.runs
+    report = start_run(ctx.app, name, conf=ctx.settings, registry=ctx.registry, runs=runs)
     if no_wait:
         click.echo(report.run_id)
         return
@@ -344,10 +356,7 @@ def show_report(report: RunReport, as_json: bool) -> None:
 @json_option
 def tool_runs(name: str, limit: int, as_json: bool) -> None:
     """List the recent runs of tool NAME on this node, newest first."""
-    from mao_celery.runs import RunStore
-
-    conf = settings()
-    reports = RunStore.from_url(conf.redis_url, conf.run_history).recent(name, limit)
+    reports = current_node().runs.recent(name, limit)
     if as_json:
         print_json(reports)
         return
@@ -380,10 +389,7 @@ def run() -> None:
 @json_option
 def run_show(run_id: str, as_json: bool) -> None:
     """Show the report of run RUN_ID (exit 4 if it failed or was interrupted)."""
-    from mao_celery.runs import RunStore
-
-    conf = settings()
-    report = RunStore.from_url(conf.redis_url, conf.run_history).get(run_id)
+    report = current_node().runs.get(run_id)
     if not report.status.terminal:
         click.echo(f"run {run_id} is {report.status}", err=True)
     show_report(report, as_json)
@@ -509,19 +515,12 @@ def dataset_list_local(as_json: bool) -> None:
 # ---- schedules -------------------------------------------------------------------------------
 
 
-def beat_app() -> Any:
-    """The node's Celery app, whose RedBeat settings locate its schedules (celery is untyped)."""
-    from mao_celery.celery_app import app
-
-    return app
-
-
 def unschedule(name: str) -> None:
     """Remove tool NAME's schedule on this node, if it has one (for `tool remove`)."""
     from mao_celery import schedules
 
     try:
-        schedules.remove(beat_app(), name)
+        schedules.remove(current_node().app, name)
     except errors.NotFound:
         return
 
@@ -561,7 +560,7 @@ def tool_schedule(
 
     spec = schedules.make_spec(period, at=at, day=day, tz=tz, cron=cron, every_s=every_s)
     registry().tools.get(name)
-    done = schedules.add(beat_app(), name, spec)
+    done = schedules.add(current_node().app, name, spec)
     if done.replaced is not None:
         click.echo(f"tool {name}: replaced its schedule ({done.replaced})")
     next_run = f"{schedules.next_run_at(done.entry):%Y-%m-%d %H:%M:%S} UTC"
@@ -581,10 +580,8 @@ def schedule_list(as_json: bool) -> None:
     Times are UTC; --at times given in another zone were converted to UTC when scheduled.
     """
     from mao_celery import schedules
-    from mao_celery.runs import RunStore
 
-    conf = settings()
-    infos = schedules.list_schedules(beat_app(), RunStore.from_url(conf.redis_url))
+    infos = schedules.list_schedules(current_node().app, current_node().runs)
     if as_json:
         print_json(infos)
         return
@@ -610,7 +607,7 @@ def schedule_remove(name: str) -> None:
     """Remove tool NAME's schedule (a run under way goes on)."""
     from mao_celery import schedules
 
-    schedules.remove(beat_app(), name)
+    schedules.remove(current_node().app, name)
     click.echo(f"schedule of tool {name} removed")
 
 
@@ -639,6 +636,37 @@ def members(as_json: bool) -> None:
 
 
 # ---- node ------------------------------------------------------------------------------------
+
+
+@main.group("node", cls=MaoGroup)
+def node_group() -> None:
+    """Operate this node's own processes."""
+
+
+@node_group.command("interrupt-runs")
+@click.option(
+    "--grace-s",
+    type=click.FloatRange(min=0),
+    required=True,
+    help="The grace period that ran out, in seconds (quoted in the runs' error).",
+)
+def node_interrupt_runs(grace_s: float) -> None:
+    """Interrupt the runs of this node still in their containers (worker.sh, at the end of a
+    shutdown's grace period): mark them interrupted, then stop their containers.
+
+    Exits 3 when Docker or Redis does not answer.
+    """
+    from mao_celery.shutdown import interrupt_running_runs
+
+    ctx = current_node()
+    interrupted = interrupt_running_runs(ctx.docker, ctx.runs, grace_s)
+    if interrupted:
+        click.echo(
+            f"shutdown: interrupted {len(interrupted)} run(s), their containers stopped: "
+            + " ".join(interrupted)
+        )
+    else:
+        click.echo("shutdown: no run of this node had a running container")
 
 
 @main.command("config")

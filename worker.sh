@@ -15,7 +15,7 @@
 #
 # Shutdown on SIGTERM or SIGINT: the worker gets SIGTERM (Celery's warm shutdown: no new tasks,
 # the running ones go on) and MAO_SHUTDOWN_GRACE_S seconds to exit. If it is still running, the
-# runs still in their containers are interrupted (python -m mao_celery.shutdown: marked
+# runs still in their containers are interrupted (maoctl node interrupt-runs: marked
 # interrupted, their containers stopped) and the worker gets 30 s more, then SIGKILL. Beat gets
 # SIGTERM last. Exits 0; 1 on invalid settings. A worker or beat that ends by itself (a crash,
 # e.g. kombu's on some Redis restarts) is started again 5 s later.
@@ -57,7 +57,7 @@ stop_worker() {
   kill -TERM "$WORKER_PID" 2>/dev/null || true
   wait_exit "$WORKER_PID" "$GRACE_S" && return 0
   say "grace period of $GRACE_S s over: interrupting the runs still in their containers"
-  .venv/bin/python -m mao_celery.shutdown --grace-s "$GRACE_S" ||
+  .venv/bin/maoctl node interrupt-runs --grace-s "$GRACE_S" ||
     say "interrupting the runs failed (see above); the worker gets $AFTER_INTERRUPT_S s anyway"
   wait_exit "$WORKER_PID" "$AFTER_INTERRUPT_S" && return 0
   say "the worker still runs $AFTER_INTERRUPT_S s later: SIGKILL"

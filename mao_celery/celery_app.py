@@ -7,11 +7,17 @@ settings that keep a run from being lost or doubled (design.md §4).
 - The broker's `visibility_timeout` exceeds the longest allowed container run, so Redis does not
   hand a running task to a second worker while the first still works on it.
 
+Importing this module reads no setting and connects nowhere: `app` is configured from the node's
+settings (`MAO_*`, `MAO_CONFIG`) the first time its configuration is needed, i.e. when `celery -A
+mao_celery.celery_app` starts a worker, beat or Flower, or by `configure` (`Node.app`).
+
 Every log handler Celery sets up for the worker and beat gets `logfilter.PrintableFilter`, so a
 value from outside (a notification, a registry entry, a tool's output) cannot forge a log line.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
@@ -20,14 +26,13 @@ from beat_schedule import BEAT_SCHEDULE
 from mao_celery import logfilter
 from mao_celery.settings import Settings, load_settings
 
-TASK_MODULES = ["mao_celery.tasks"]
+TASK_MODULES = ["mao_celery.tasks", "mao_celery.periodic"]
 BEAT_LOCK_TIMEOUT_S = 30
 BEAT_MAX_LOOP_INTERVAL_S = 5
 
 
-def create_app(settings: Settings) -> Celery:
-    """A Celery app configured from `settings` (its tasks are registered when tasks.py imports)."""
-    app = Celery("mao", broker=settings.redis_url, backend=settings.redis_url, include=TASK_MODULES)
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration of a node with `settings` (Celery's lower-case setting names)."""
     transport = {
         "visibility_timeout": settings.visibility_timeout_s,
         # kombu scans for unacked messages past their visibility timeout every
@@ -35,7 +40,10 @@ def create_app(settings: Settings) -> Celery:
         "unacked_restore_interval": max(1, min(60, int(settings.visibility_timeout_s / 5))),
         "unacked_restore_throttle": 1,
     }
-    app.conf.update(
+    return dict(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
+        include=TASK_MODULES,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -62,11 +70,16 @@ def create_app(settings: Settings) -> Celery:
         redbeat_lock_timeout=BEAT_LOCK_TIMEOUT_S,
         beat_max_loop_interval=BEAT_MAX_LOOP_INTERVAL_S,
     )
-    return app
+
+
+def configure(celery: Celery, settings: Settings) -> None:
+    """Configure `celery` for a node with `settings` (before it sends or runs a task)."""
+    celery.conf.update(celery_config(settings))
 
 
 after_setup_logger.connect(logfilter.install)
 after_setup_task_logger.connect(logfilter.install)
 
-settings = load_settings()
-app = create_app(settings)
+app = Celery("mao", set_as_current=True)
+"""The node's Celery app; its tasks are registered when tasks.py is imported (`include`)."""
+app.add_defaults(lambda: celery_config(load_settings()))

@@ -9,8 +9,8 @@ from datetime import datetime
 
 from mao_celery import __version__
 from mao_celery.models import Member, utcnow
+from mao_celery.node_state import NodeState
 from mao_celery.registry import Registry
-from mao_celery.runs import RunStore
 
 MEMBER_TTL_S = 30
 """Time to live of the member record's lease, in seconds; the heartbeat runs every 10 s."""
@@ -20,21 +20,21 @@ STARTED_KEY = "member:started_at"
 
 
 def heartbeat(
-    registry: Registry, runs: RunStore, node_id: str, ttl_s: int = MEMBER_TTL_S
+    registry: Registry, state: NodeState, node_id: str, ttl_s: int = MEMBER_TTL_S
 ) -> Member:
     """Write this node's member record with a fresh `last_seen`, keeping its lease alive.
 
-    The lease id and the node's start time are kept in the node's Redis, so every worker process
-    refreshes the same lease; a lease that expired (the node was down longer than `ttl_s`
+    The lease id and the node's start time are kept in the node's state (Redis), so every worker
+    process refreshes the same lease; a lease that expired (the node was down longer than `ttl_s`
     seconds) is replaced by a new one and the start time is reset.
 
     Raises:
         ServiceUnavailable: etcd or Redis did not answer.
     """
     now = utcnow()
-    lease_id = runs.get_value(LEASE_KEY)
+    lease_id = state.get(LEASE_KEY)
     alive = lease_id is not None and registry.refresh_member_lease(int(lease_id))
-    started = runs.get_value(STARTED_KEY) if alive else None
+    started = state.get(STARTED_KEY) if alive else None
     member = Member(
         node_id=node_id,
         hostname=socket.gethostname(),
@@ -45,18 +45,18 @@ def heartbeat(
     if alive and lease_id is not None:
         registry.put_member(member, int(lease_id))
     else:
-        runs.set_value(LEASE_KEY, str(registry.register_member(member, ttl_s)))
-        runs.set_value(STARTED_KEY, member.started_at.isoformat())
+        state.set(LEASE_KEY, str(registry.register_member(member, ttl_s)))
+        state.set(STARTED_KEY, member.started_at.isoformat())
     return member
 
 
-def leave(registry: Registry, runs: RunStore) -> None:
+def leave(registry: Registry, state: NodeState) -> None:
     """Remove this node's member record now (revoke its lease), on a clean shutdown.
 
     Raises:
         ServiceUnavailable: etcd or Redis did not answer.
     """
-    lease_id = runs.get_value(LEASE_KEY)
+    lease_id = state.get(LEASE_KEY)
     if lease_id is not None:
         registry.revoke_member_lease(int(lease_id))
-        runs.delete_value(LEASE_KEY)
+        state.delete(LEASE_KEY)

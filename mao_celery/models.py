@@ -311,7 +311,7 @@ class RunReport(BaseModel):
     recorded by the run step ("" before it).
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     run_id: str
     tool: Name
@@ -336,9 +336,17 @@ class RunReport(BaseModel):
     notification_key: str | None = None
     error: str | None = None
 
+    def updated(self, **changes: Any) -> RunReport:
+        """A new report: this one with `changes` (field=value), validated like any report.
+
+        Raises:
+            pydantic.ValidationError: a change is not a valid value of its field.
+        """
+        return RunReport.model_validate(self.model_dump() | changes)
+
     def ended(self, status: RunStatus, reason: str) -> RunReport:
         """A copy of this report ended with `status` (failed or interrupted) for `reason`."""
-        return self.model_copy(update={"status": status, "error": reason, "finished_at": utcnow()})
+        return self.updated(status=status, error=reason, finished_at=utcnow())
 
     def failed(self, reason: str) -> RunReport:
         """A copy of this report marked failed for `reason` (one line)."""

@@ -18,11 +18,10 @@ from mao_celery.exceptions import (
     AlreadyRunning,
     InvalidInput,
     NotFound,
-    ServiceUnavailable,
     describe_validation_error,
 )
 from mao_celery.models import TERMINAL_STATUSES, RunReport
-from mao_celery.text import redact_url
+from mao_celery.redis_calls import redis_call, redis_client
 
 T = TypeVar("T")
 
@@ -73,17 +72,10 @@ class RunStore:
     @classmethod
     def from_url(cls, url: str, history: int = 50) -> RunStore:
         """A store on the Redis at `url` (no network call is made yet)."""
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True
-        )
-        return cls(client, url, history)
+        return cls(redis_client(url), url, history)
 
     def _call(self, operation: Callable[[], T]) -> T:
-        try:
-            return operation()
-        except redis.RedisError as e:
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ServiceUnavailable("Redis", redact_url(self._url), detail) from e
+        return redis_call(self._url, operation)
 
     def begin(self, report: RunReport, lock_ttl_s: float) -> None:
         """Record a new queued run and take its tool's lock for at most `lock_ttl_s` seconds.
@@ -223,30 +215,6 @@ class RunStore:
             time.sleep(poll_s)
             report = self.get(run_id)
         return report
-
-    def get_value(self, key: str) -> str | None:
-        """A small node-local value (e.g. the notification listener's cursor).
-
-        Raises:
-            ServiceUnavailable: Redis did not answer.
-        """
-        return self._call(lambda: cast(str | None, self._redis.get(f"mao:{key}")))
-
-    def set_value(self, key: str, value: str) -> None:
-        """Set a small node-local value.
-
-        Raises:
-            ServiceUnavailable: Redis did not answer.
-        """
-        self._call(lambda: self._redis.set(f"mao:{key}", value))
-
-    def delete_value(self, key: str) -> None:
-        """Delete a node-local value.
-
-        Raises:
-            ServiceUnavailable: Redis did not answer.
-        """
-        self._call(lambda: self._redis.delete(f"mao:{key}"))
 
     def close(self) -> None:
         """Close the connection pool."""

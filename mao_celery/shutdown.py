@@ -4,21 +4,17 @@
 and waits `MAO_SHUTDOWN_GRACE_S` seconds. A run whose container outlives that is ended here:
 its report is marked interrupted (which releases the tool's lock), then its container is stopped
 but kept, so the task waiting on it reads its exit code, finds the run interrupted and removes the
-container. Run as `python -m mao_celery.shutdown --grace-s N` with the node's environment.
+container. `maoctl node interrupt-runs --grace-s N` runs it with the node's clients.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import docker
 
 from mao_celery import containers
-from mao_celery.exceptions import MaoError, NotFound, ServiceUnavailable
+from mao_celery.exceptions import NotFound
 from mao_celery.models import RunStatus
 from mao_celery.runs import RunStore
-from mao_celery.settings import load_settings
 
 STOP_TIMEOUT_S = 10.0
 """Seconds between the SIGTERM and the SIGKILL that stop a container (Docker's default)."""
@@ -63,51 +59,3 @@ def interrupt_running_runs(
     if interrupted:
         containers.stop_run_containers(client, run_ids=interrupted, timeout_s=stop_timeout_s)
     return interrupted
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Interrupt this node's running runs (see `interrupt_running_runs`) and print one line.
-
-    Returns the exit code: 0 done, 3 Docker or Redis did not answer, 1 any other MAO error.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m mao_celery.shutdown", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--grace-s", type=float, required=True, help="the grace period that ran out, in seconds"
-    )
-    args = parser.parse_args(argv)
-    try:
-        interrupted = interrupt_node_runs(args.grace_s)
-    except MaoError as e:
-        print(f"shutdown: could not interrupt the running runs: {e}", file=sys.stderr)
-        return 3 if isinstance(e, ServiceUnavailable) else 1
-    if interrupted:
-        print(
-            f"shutdown: interrupted {len(interrupted)} run(s), their containers stopped:",
-            *interrupted,
-        )
-    else:
-        print("shutdown: no run of this node had a running container")
-    return 0
-
-
-def interrupt_node_runs(grace_s: float) -> list[str]:
-    """`interrupt_running_runs` with the clients of the node configured by the environment.
-
-    Raises:
-        ServiceUnavailable: the Docker daemon or Redis did not answer.
-        InvalidInput: the node's configuration is invalid.
-    """
-    conf = load_settings()
-    client = containers.connect()
-    runs = RunStore.from_url(conf.redis_url, conf.run_history)
-    try:
-        return interrupt_running_runs(client, runs, grace_s)
-    finally:
-        runs.close()
-        client.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,29 +2,30 @@
 
 Every container runs with network_mode="none", as the tool user 10001:10001 (who owns the data
 directory, as the prepare step arranges), and a run id of its own; teardown removes whatever
-carries the test's run ids. Pure helpers (remaining time, timeout classification, validation)
-are tested at the end without Docker.
+carries the test's run ids. The pure helpers (remaining time, timeout classification,
+validation) are tested in tests/unit/test_containers.py.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import stat
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import docker
 import pytest
+from docker.api.container import ContainerApiMixin
 from docker.models.containers import Container
-from hypothesis import given
-from hypothesis import strategies as st
 
 from mao_celery.containers import (
     DATA_MOUNT,
@@ -36,12 +37,11 @@ from mao_celery.containers import (
     ContainerSpec,
     container_name,
     ensure_image,
-    ran_out_of_time,
-    remaining_s,
     run_container,
     stop_run_containers,
 )
-from mao_celery.exceptions import InvalidInput, NotFound, RunFailed, ServiceUnavailable
+from mao_celery.exceptions import NotFound, RunFailed, ServiceUnavailable
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +98,7 @@ def writable_etc_image(docker_client: docker.DockerClient, busybox_image: str) -
 def containers_of(client: docker.DockerClient, run_id: str) -> list[Container]:
     """Every container, running or not, labelled with `run_id`."""
     found: list[Container] = client.containers.list(
-        all=True, filters={"label": f"{LABEL_RUN_ID}={run_id}"}
+        all=True, filters={"label": f"{LABEL_RUN_ID}={run_id}"}, ignore_removed=True
     )
     return found
 
@@ -140,11 +140,16 @@ def run_in_own_client(spec: ContainerSpec) -> ContainerOutcome:
         client.close()
 
 
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_LIMIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+def some_thread_runs(function: Callable[..., object]) -> bool:
+    """Whether a thread of this process is inside `function` (anywhere on its stack) right now."""
+    code = inspect.unwrap(function).__code__
+    for frame in sys._current_frames().values():
+        current: FrameType | None = frame
+        while current is not None:
+            if current.f_code is code:
+                return True
+            current = current.f_back
+    return False
 
 
 def is_running(client: docker.DockerClient, run_id: str) -> bool:
@@ -173,7 +178,12 @@ def test_run_boxes_the_container_binds_data_dir_sets_labels_and_limits_then_remo
     )
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(run_in_own_client, spec)
-        wait_until(lambda: is_running(docker_client, run_id), "the run's container to run")
+        wait_until(
+            lambda: is_running(docker_client, run_id),
+            WAIT_LIMIT_S,
+            what="the run's container to run",
+            poll_s=0.05,
+        )
         (container,) = containers_of(docker_client, run_id)
         attrs = container.attrs
         (data_dir / "go").touch()
@@ -328,7 +338,12 @@ def test_second_task_adopts_running_container_instead_of_starting_another(
     spec = make_spec(run_id, data_dir, busybox_image, script)
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(outcome_or_gone, lambda: run_in_own_client(spec))
-        wait_until(lambda: is_running(docker_client, run_id), "the first task's container to run")
+        wait_until(
+            lambda: is_running(docker_client, run_id),
+            WAIT_LIMIT_S,
+            what="the first task's container to run",
+            poll_s=0.05,
+        )
         second = outcome_or_gone(lambda: run_container(docker_client, spec))
         results = [first.result(timeout=WAIT_LIMIT_S), second]
 
@@ -410,6 +425,7 @@ def test_adopted_running_container_keeps_the_deadline_of_its_start(
 ) -> None:
     spec = make_spec(run_id, data_dir, busybox_image, "sleep 30", timeout_s=3)
     create_run_container(docker_client, spec).start()
+    # The behaviour is a span of time: the container has used 2 of its 3 s when a task adopts it.
     time.sleep(2)
 
     began = time.monotonic()
@@ -426,6 +442,8 @@ def test_container_killed_on_timeout_by_another_task_reads_as_timed_out(
     spec = make_spec(run_id, data_dir, busybox_image, "sleep 30", timeout_s=1)
     container = create_run_container(docker_client, spec)
     container.start()
+    # The behaviour is a span of time: the container outlives its 1 s timeout, then another task
+    # kills it; only its run time tells that kill from any other end.
     time.sleep(1.2)
     container.kill()
     container.wait(timeout=WAIT_LIMIT_S)
@@ -443,7 +461,12 @@ def test_container_removed_by_another_task_mid_wait_raises_container_gone(
     container.start()
     with ThreadPoolExecutor(max_workers=1) as pool:
         waiting = pool.submit(run_in_own_client, spec)
-        time.sleep(1)
+        wait_until(
+            lambda: some_thread_runs(ContainerApiMixin.wait),
+            WAIT_LIMIT_S,
+            what="the task to wait on the container it adopted",
+            poll_s=0.02,
+        )
         container.remove(force=True)
         with pytest.raises(ContainerGone) as gone:
             waiting.result(timeout=WAIT_LIMIT_S)
@@ -497,61 +520,3 @@ def test_unreachable_daemon_is_service_unavailable(
             call(client, spec)
     finally:
         client.close()
-
-
-# Pure helpers, no Docker.
-
-START = datetime(2024, 5, 7, 10, 0, tzinfo=UTC)
-
-
-@given(
-    timeout_s=st.floats(min_value=0.001, max_value=1e6),
-    elapsed_s=st.floats(min_value=-1e6, max_value=2e6),
-)
-def test_remaining_time_stays_within_the_budget(timeout_s: float, elapsed_s: float) -> None:
-    left = remaining_s(timeout_s, START, START + timedelta(seconds=elapsed_s))
-    assert 0.0 <= left <= timeout_s
-    if 0 <= elapsed_s <= timeout_s:
-        assert left == pytest.approx(timeout_s - elapsed_s, abs=1e-5)
-
-
-@pytest.mark.parametrize(
-    ("finished_at", "expected"),
-    [
-        ("2024-05-07T10:00:09.999999999Z", False),
-        ("2024-05-07T10:00:10.000000001Z", True),
-        ("2024-05-07T11:00:00Z", True),
-    ],
-)
-def test_ran_out_of_time_compares_docker_start_and_finish(finished_at: str, expected: bool) -> None:
-    state = {"StartedAt": "2024-05-07T10:00:00.000000001Z", "FinishedAt": finished_at}
-    assert ran_out_of_time(state, 10) is expected
-
-
-@pytest.mark.parametrize("run_id", ["", "-x", "a b", "a/b", "x" * 129])
-def test_run_id_unfit_for_a_container_name_is_invalid(run_id: str) -> None:
-    with pytest.raises(InvalidInput, match="invalid run id"):
-        container_name(run_id)
-
-
-@pytest.mark.parametrize(
-    "limits",
-    [
-        {"timeout_s": 0},
-        {"timeout_s": float("nan")},
-        {"memory_bytes": 0},
-        {"log_tail_lines": -1},
-        {"nano_cpus": 0},
-        {"user": ""},
-        {"user": "root"},
-        {"user": "0:0"},
-        {"user": "10001:0"},
-        {"user": "0:10001"},
-    ],
-)
-def test_spec_with_unusable_limits_or_user_is_invalid(
-    limits: dict[str, Any], tmp_path: Path
-) -> None:
-    fields = {"user": TOOL_USER} | limits
-    with pytest.raises(InvalidInput):
-        ContainerSpec(run_id="r1", tool=TOOL, image=ANY_IMAGE, data_dir=tmp_path, **fields)

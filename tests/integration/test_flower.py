@@ -13,7 +13,7 @@ import requests
 
 from tests.fixtures.node import WORKER_READY_TIMEOUT_S, NodeUnderTest
 from tests.fixtures.services import LOOPBACK, free_ports
-from tests.integration.test_node_processes import Script
+from tests.helpers import Script
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from mao_celery import datasets
+from mao_celery import datasets, run_steps
 from mao_celery.exceptions import AlreadyExists, NotFound, ServiceUnavailable
 from mao_celery.models import RunReport, Tool
+from mao_celery.node import Node
 from mao_celery.registry import Registry
 from tests.fixtures.node import NodeUnderTest, git
 
@@ -346,16 +347,14 @@ def test_gitmodules_and_a_submodule_git_dir_are_not_followed(
 def test_prepare_clones_and_hands_over_without_running_planted_config(
     node: NodeUnderTest, registry: Registry, upstream: Upstream, tmp_path: Path
 ) -> None:
-    from mao_celery import tasks
-
     registry.tools.add(
         Tool(name="tool", author="t", image="busybox:latest", data_repo=upstream.url,
              code_repo=upstream.url, artefact="csv")
     )  # fmt: skip
-    ctx = tasks.Node(node.settings())
+    ctx = Node(node.settings())
     report = RunReport(run_id="r1", tool="tool", node="node-a")
     data_dir = node.importdir / "tool"
-    tasks.prepare(ctx, report)
+    run_steps.prepare(ctx, report)
     marker = tmp_path / "pwned"
     git("init", "-q", str(data_dir), cwd=tmp_path)
     payload = f"touch {marker}; git-upload-pack"
@@ -364,7 +363,7 @@ def test_prepare_clones_and_hands_over_without_running_planted_config(
     )
     upstream.push_file("control-2.csv")
 
-    prepared = tasks.prepare(ctx, report)
+    prepared = run_steps.prepare(ctx, report)
     datasets.update(data_dir, url=upstream.url)  # what `maoctl dataset clone tool --update` does
 
     assert prepared.data_dir == str(data_dir)

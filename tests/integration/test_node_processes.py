@@ -24,13 +24,12 @@ from mao_celery.exceptions import NotFound
 from mao_celery.members import MEMBER_TTL_S
 from mao_celery.models import RunReport, RunStatus
 from mao_celery.shutdown import interrupt_running_runs
-from tests.fixtures.node import REPO_ROOT, WORKER_READY_TIMEOUT_S, NodeUnderTest
+from tests.fixtures.node import WORKER_READY_TIMEOUT_S, NodeUnderTest
 from tests.fixtures.services import LOOPBACK, free_ports
-from tests.integration.test_runs import register, run_containers, wait_for
+from tests.helpers import WORKER_SH, Script, register, run_containers, wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
-WORKER_SH = REPO_ROOT / "worker.sh"
 READY_LINES = {
     "all": (" ready.", "beat: Starting..."),
     "worker": (" ready.",),
@@ -43,39 +42,6 @@ SPIKE_TOOL = (
 FLOWER_USER = "mao"
 RUN_TASKS = {"mao.prepare_dataset", "mao.run_container", "mao.detect_spike",
              "mao.publish_notification"}  # fmt: skip
-
-
-class Script:
-    """`worker.sh ROLE` running in a process group of its own, its output in `log_path`."""
-
-    def __init__(self, role: str, env: dict[str, str], log_path: Path, cwd: Path) -> None:
-        self.log_path = log_path
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(WORKER_SH), role],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout_s: float) -> None:
-        """Fail the test with the log unless `text` appears in it within `timeout_s` seconds."""
-        if not wait_until(lambda: text in self.log() or self.process.poll() is not None, timeout_s):
-            pytest.fail(f"{text!r} not logged in {timeout_s:g} s; log:\n{self.log()}")
-        if text not in self.log():
-            pytest.fail(f"worker.sh exited ({self.process.returncode}); log:\n{self.log()}")
-
-    def kill_group(self) -> None:
-        """SIGKILL worker.sh and every process it started (same process group), and reap it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
 
 
 StartScript = Callable[..., Script]
@@ -102,20 +68,12 @@ def worker_sh(
     for script in started:
         script.kill_group()
     runs = node.runs()
-    for container in docker_client.containers.list(all=True, filters={"label": LABEL_RUN_ID}):
+    for container in docker_client.containers.list(
+        all=True, filters={"label": LABEL_RUN_ID}, ignore_removed=True
+    ):
         with contextlib.suppress(NotFound):
             runs.get(container.labels[LABEL_RUN_ID])
             container.remove(force=True)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.2) -> bool:
-    """Poll `predicate` until it holds (True) or `timeout_s` seconds pass (False)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(poll_s)
-    return True
 
 
 def member_ids(node: NodeUnderTest) -> list[str]:
@@ -131,13 +89,18 @@ def start_running(
     result = node.maoctl("tool", "run", tool, "--no-wait")
     assert result.returncode == 0, result.stderr
     run_id = result.stdout.strip()
-    assert wait_until(lambda: bool(running_containers(docker_client, run_id)), 30)
+    wait_until(
+        lambda: running_containers(docker_client, run_id), 30, what=f"run {run_id}'s container"
+    )
     return run_id, running_containers(docker_client, run_id)[0]
 
 
 def running_containers(docker_client: docker.DockerClient, run_id: str) -> list[str]:
     return [
-        c.name for c in docker_client.containers.list(filters={"label": f"mao.run_id={run_id}"})
+        c.name
+        for c in docker_client.containers.list(
+            filters={"label": f"mao.run_id={run_id}"}, ignore_removed=True
+        )
     ]
 
 
@@ -147,7 +110,12 @@ def test_worker_sh_joins_the_federation_and_leaves_it_on_sigterm(
     script = worker_sh("all")
     ready = time.monotonic()
 
-    assert wait_until(lambda: member_ids(node) == ["node-a"], HEARTBEAT_INTERVAL_S + 5)
+    wait_until(
+        lambda: member_ids(node) == ["node-a"],
+        HEARTBEAT_INTERVAL_S + 5,
+        what="node-a as the one member",
+        poll_s=0.2,
+    )
     joined_s = time.monotonic() - ready
     members = json.loads(node.maoctl("members", "--json").stdout)
     table = node.maoctl("members", env={"COLUMNS": "200"}).stdout
@@ -179,7 +147,13 @@ def test_worker_sh_restarts_a_crashed_beat(node: NodeUnderTest, worker_sh: Start
     os.kill(int(children[0]), signal.SIGKILL)
 
     script.wait_for_log("restarting it in 5 s", 10)
-    assert wait_until(lambda: script.log().count("beat: Starting...") == 2, 30), script.log()
+    wait_until(
+        lambda: script.log().count("beat: Starting...") == 2,
+        30,
+        what="a second beat started",
+        poll_s=0.2,
+        details=script.log,
+    )
     assert script.process.poll() is None
     script.process.send_signal(signal.SIGTERM)
     assert script.process.wait(timeout=30) == 0, script.log()
@@ -189,11 +163,16 @@ def test_a_killed_node_leaves_the_federation_within_the_member_ttl(
     node: NodeUnderTest, worker_sh: StartScript
 ) -> None:
     script = worker_sh("all")
-    assert wait_until(lambda: member_ids(node) == ["node-a"], HEARTBEAT_INTERVAL_S + 5)
+    wait_until(
+        lambda: member_ids(node) == ["node-a"],
+        HEARTBEAT_INTERVAL_S + 5,
+        what="node-a as the one member",
+        poll_s=0.2,
+    )
 
     script.kill_group()
     killed = time.monotonic()
-    assert wait_until(lambda: member_ids(node) == [], MEMBER_TTL_S + 5, poll_s=0.5)
+    wait_until(lambda: member_ids(node) == [], MEMBER_TTL_S + 5, what="no member left", poll_s=0.5)
     gone_s = time.monotonic() - killed
 
     # Gone by the lease's expiry (at most one TTL after the last heartbeat), not by a revoke.
@@ -327,7 +306,13 @@ def test_flower_lists_the_tasks_of_a_run_behind_basic_auth(
         tasks = requests.get(url, auth=(FLOWER_USER, password), timeout=5).json()
         return {t["name"] for t in tasks.values() if run_id in str(t.get("args"))}
 
-    assert wait_until(lambda: run_task_names() == RUN_TASKS, 10), run_task_names()
+    wait_until(
+        lambda: run_task_names() == RUN_TASKS,
+        10,
+        what=f"Flower to show the run's tasks {sorted(RUN_TASKS)}",
+        poll_s=0.2,
+        details=lambda: f"shown: {sorted(run_task_names())}",
+    )
     assert requests.get(url, timeout=5).status_code == 401
     assert requests.get(url, auth=(FLOWER_USER, "wrong"), timeout=5).status_code == 401
     command_line = Path(f"/proc/{flower.process.pid}/cmdline").read_bytes()
@@ -379,10 +364,13 @@ def test_the_listener_logs_a_spike_notification_of_the_federation(
     finished = time.monotonic()
 
     assert result.returncode == 0, result.stderr
-    assert wait_until(
+    wait_until(
         lambda: "spike: tool spiky on node node-a" in worker.log(),
         NOTIFICATION_LISTENER_INTERVAL_S + 5,
-    ), worker.log()
+        what="the listener to log the spike notification",
+        poll_s=0.2,
+        details=worker.log,
+    )
     assert time.monotonic() - finished <= NOTIFICATION_LISTENER_INTERVAL_S + 5
     run_id = json.loads(result.stdout)["run_id"]
     assert f"(run {run_id}," in worker.log()

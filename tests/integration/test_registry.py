@@ -13,9 +13,10 @@ import pytest
 
 from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
 from mao_celery.models import Dataset, Member, Notification, Tool, utcnow
+from mao_celery.node import Node
+from mao_celery.periodic import log_new_notifications
 from mao_celery.registry import Registry, connect
 from mao_celery.settings import load_settings
-from mao_celery.tasks import log_new_notifications
 from tests.fixtures.node import NodeUnderTest
 from tests.fixtures.services import EtcdCluster, EtcdServer, connect_etcd, free_ports
 
@@ -200,22 +201,22 @@ def test_new_notifications_are_logged_once(
     etcd_server: EtcdServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="mao_celery.tasks")
-    runs = node.runs()
+    caplog.set_level(logging.INFO, logger="mao_celery.periodic")
+    state = Node(node.settings()).state
     key_1, _ = registry.publish_notification(make_notification("run-1"), STARTED_AT, RETENTION_S)
     later = STARTED_AT + timedelta(seconds=1)
     key_2, _ = registry.publish_notification(make_notification("run-2"), later, RETENTION_S)
 
-    first = log_new_notifications(registry, runs)
-    second = log_new_notifications(registry, runs)
+    first = log_new_notifications(registry, state)
+    second = log_new_notifications(registry, state)
     key_3, _ = registry.publish_notification(
         make_notification("run-3"), later + timedelta(seconds=1), RETENTION_S
     )
     junk_key = f"{registry.notifications_prefix}junk"
     with connect_etcd(etcd_server.port) as client:
         client.put(junk_key, "not json")
-    third = log_new_notifications(registry, runs)
-    fourth = log_new_notifications(registry, runs)
+    third = log_new_notifications(registry, state)
+    fourth = log_new_notifications(registry, state)
 
     assert (first, second, third, fourth) == ([key_1, key_2], [], [key_3], [])
     spikes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("spike:")]

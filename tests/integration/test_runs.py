@@ -16,31 +16,11 @@ import pytest
 
 from mao_celery.models import RunReport, RunStatus
 from tests.fixtures.node import NodeUnderTest
+from tests.helpers import RUN_WAIT_S, register, run_containers, wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
-RUN_WAIT_S = 90.0
 TOOL_UID = 10001
-
-
-def register(node: NodeUnderTest, name: str, image: str, data_repo: str, *extra: str) -> None:
-    result = node.maoctl(
-        "tool", "add", name, "tester", image, data_repo, "https://example.org/code", "csv", *extra
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def wait_for(node: NodeUnderTest, run_id: str, until: Callable[[RunReport], bool]) -> RunReport:
-    report = node.runs().wait(run_id, until, timeout_s=RUN_WAIT_S, poll_s=0.2)
-    assert until(report), f"run {run_id} stuck at {report.status}"
-    return report
-
-
-def run_containers(docker_client: docker.DockerClient, run_id: str) -> list[str]:
-    return [
-        c.name
-        for c in docker_client.containers.list(all=True, filters={"label": f"mao.run_id={run_id}"})
-    ]
 
 
 def containers_created_since(
@@ -286,9 +266,7 @@ def test_a_lock_left_by_a_dead_run_expires(
     runs.begin(RunReport(run_id="dead-run", tool="stale", node="node-a"), lock_ttl_s=5)
 
     refused = node.maoctl("tool", "run", "stale", "--no-wait")
-    deadline = time.monotonic() + 10
-    while runs.holder("stale") is not None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: runs.holder("stale") is None, 10, what="the dead run's lock to expire")
     accepted = node.maoctl("tool", "run", "stale", "--no-wait")
 
     assert refused.returncode == 1
@@ -316,8 +294,12 @@ def test_a_worker_killed_mid_container_loses_nothing_and_doubles_nothing(
     worker = node.start_worker(env=fast_redelivery)
     register(node, "counted", tool_image(COUNTING_TOOL.format(sleep_s=6)), make_data_repo())
     run_id = node.maoctl("tool", "run", "counted", "--no-wait").stdout.strip()
-    wait_for(node, run_id, lambda r: r.status == RunStatus.RUNNING)
-    time.sleep(1)
+    starts = node.importdir / "counted" / "starts.txt"
+    wait_until(
+        lambda: starts.is_file() and "start" in starts.read_text(),
+        RUN_WAIT_S,
+        what="the tool to start in its container",
+    )
 
     if victim == "pool process":
         for pid in worker.pool_pids():

@@ -23,8 +23,7 @@ from mao_celery.registry import Registry
 from mao_celery.text import printable
 from tests.fixtures.node import NodeUnderTest
 from tests.fixtures.services import EtcdServer, connect_etcd
-from tests.integration.test_cli import TOOL_ARGS, WIDE, maoctl
-from tests.integration.test_node_processes import wait_until
+from tests.helpers import TOOL_ARGS, WIDE, maoctl, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -193,7 +192,13 @@ def test_a_notification_cannot_forge_a_worker_log_line(
     def logged(text: str) -> Callable[[], bool]:
         return lambda: text in worker.log()
 
-    assert wait_until(logged("skipped registry entry"), NOTIFICATION_LISTENER_INTERVAL_S + 20)
+    wait_until(
+        logged("skipped registry entry"),
+        NOTIFICATION_LISTENER_INTERVAL_S + 20,
+        what="the listener to skip the hostile entry",
+        poll_s=0.2,
+        details=worker.log,
+    )
     log = worker.log()
     assert "spike: tool demo on node node-b" in log
     assert f"(run 0123abcd, {prefix}a\\nFORGED ERROR\\x1b]0;x\\x07)" in log

@@ -1,0 +1,140 @@
+"""Helpers shared by the test modules: waiting on a condition with a deadline, running maoctl
+and registering tools, following runs and their containers, and `worker.sh` as a process.
+
+Test modules import from here (or get fixtures from tests/fixtures/), never from each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import docker
+import pytest
+
+from mao_celery.models import RunReport
+from tests.fixtures.node import REPO_ROOT, NodeUnderTest
+
+T = TypeVar("T")
+
+RUN_WAIT_S = 90.0
+"""How long a test waits for a run to reach the state it expects."""
+WIDE = {"COLUMNS": "200"}
+"""Environment for maoctl's rich tables: no folding of cells in the assertions."""
+TOOL_ARGS = (
+    "tester",
+    "mao-demo:latest",
+    "https://example.org/data.git",
+    "https://example.org/code",
+    "csv",
+)
+"""`tool add NAME` arguments after the name: author, image, data repo, code repo, artefact."""
+WORKER_SH = REPO_ROOT / "worker.sh"
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout_s: float,
+    *,
+    what: str,
+    poll_s: float = 0.1,
+    details: Callable[[], str] | None = None,
+) -> T:
+    """Poll `predicate` every `poll_s` seconds until it returns a truthy value, and return that
+    value.
+
+    When `timeout_s` seconds pass first, fail the test with "not within N s: `what`" followed
+    by `details()` (e.g. the end of a process's log), when given. The predicate is always called
+    at least once, and once more after the deadline, so a slow poll never misses the end.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\n{details()}" if details is not None else ""
+            pytest.fail(f"not within {timeout_s:g} s: {what}{extra}", pytrace=False)
+        time.sleep(poll_s)
+
+
+def maoctl(
+    node: NodeUnderTest, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run maoctl as a process of `node`; no command may print a traceback, whatever its exit
+    code."""
+    result = node.maoctl(*args, env=env)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def register(node: NodeUnderTest, name: str, image: str, data_repo: str, *extra: str) -> None:
+    """Register tool `name` running `image` on `data_repo` with `maoctl tool add` (plus the
+    options `extra`); fail the test when maoctl does not exit 0."""
+    result = node.maoctl(
+        "tool", "add", name, "tester", image, data_repo, "https://example.org/code", "csv", *extra
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def wait_for(node: NodeUnderTest, run_id: str, until: Callable[[RunReport], bool]) -> RunReport:
+    """The report of run `run_id` once `until` holds for it; fail the test naming the run's
+    status when it does not within `RUN_WAIT_S` seconds."""
+    report = node.runs().wait(run_id, until, timeout_s=RUN_WAIT_S, poll_s=0.2)
+    assert until(report), f"run {run_id} stuck at {report.status}"
+    return report
+
+
+def run_containers(docker_client: docker.DockerClient, run_id: str) -> list[str]:
+    """The names of run `run_id`'s containers (labelled `mao.run_id`), running or not."""
+    return [
+        c.name
+        for c in docker_client.containers.list(
+            all=True, filters={"label": f"mao.run_id={run_id}"}, ignore_removed=True
+        )
+    ]
+
+
+class Script:
+    """`worker.sh ROLE` running in a process group of its own, its output in `log_path`."""
+
+    def __init__(self, role: str, env: dict[str, str], log_path: Path, cwd: Path) -> None:
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(WORKER_SH), role],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        """The script's output so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout_s: float) -> None:
+        """Fail the test with the log unless `text` appears in it within `timeout_s` seconds."""
+        wait_until(
+            lambda: text in self.log() or self.process.poll() is not None,
+            timeout_s,
+            what=f"{text!r} logged by worker.sh",
+            poll_s=0.2,
+            details=lambda: f"log:\n{self.log()}",
+        )
+        if text not in self.log():
+            pytest.fail(f"worker.sh exited ({self.process.returncode}); log:\n{self.log()}")
+
+    def kill_group(self) -> None:
+        """SIGKILL worker.sh and every process it started (same process group), and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
