@@ -52,6 +52,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -270,7 +271,8 @@ def list_local(importdir: Path) -> list[LocalDataset]:
 
 
 def hand_over(path: Path, uid: int, gid: int) -> None:
-    """Make the work tree `path` (mode 0755) and everything in it owned by `uid`:`gid`.
+    """Make the work tree `path` (mode 0755) and everything in it owned by `uid`:`gid`, with no
+    setuid or setgid file.
 
     Symlinks are changed themselves, never followed, and the walk does not enter a directory
     that is swapped for a symlink while it runs (`os.fwalk`). When this process is not root, it
@@ -286,6 +288,17 @@ def hand_over(path: Path, uid: int, gid: int) -> None:
     for _, dirs, files, dir_fd in os.fwalk(path, follow_symlinks=False):
         for name in (*dirs, *files):
             os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        for name in files:
+            _drop_setid_bits(name, dir_fd)
+
+
+def _drop_setid_bits(name: str, dir_fd: int) -> None:
+    """Clear the setuid and setgid bits of regular file `name` in directory `dir_fd`: a tool's
+    file must not run as the tool user for whoever on the host executes it. Called while no
+    container of the tool runs, so the file cannot be swapped for a symlink meanwhile."""
+    mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    if stat.S_ISREG(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
+        os.chmod(name, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID), dir_fd=dir_fd)
 
 
 # ---- clones and the store ---------------------------------------------------------------------

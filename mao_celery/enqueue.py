@@ -65,7 +65,7 @@ def start_run(
     runs.begin(report, lock_ttl_s(conf))
     try:
         run_chain(app, report).apply_async()
-    except Exception as e:
+    except Exception as e:  # kombu, redis-py and Celery's result consumer each raise their own
         runs.save(report.failed(f"could not send the run to the workers: {e}"))
         raise ServiceUnavailable("Redis", redact_url(conf.redis_url), str(e)) from e
     return report

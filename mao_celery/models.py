@@ -132,6 +132,11 @@ def validate_git_url(value: str) -> str:
             "reads them); put them in the node's MAO_GIT_CREDENTIALS_FILE (a git-credential-store "
             "file) or use ssh"
         )
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError(
+            f"invalid git URL {shown!r}: a query or fragment ('?', '#') is refused (tokens in it "
+            "would be read by every member); put credentials in MAO_GIT_CREDENTIALS_FILE"
+        )
     if parts.scheme == "file":
         if not PurePosixPath(parts.path).is_absolute():
             raise ValueError(f"invalid git URL {shown!r}: file:// needs an absolute path")

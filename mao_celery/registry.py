@@ -16,6 +16,7 @@ import grpc
 import pyetcd
 from pydantic import BaseModel, ValidationError
 from pyetcd import exceptions as etcd_errors
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from mao_celery.exceptions import (
     AlreadyExists,
@@ -57,8 +58,9 @@ def _parse(model: type[M], key: str, raw: bytes) -> M:
 class Etcd:
     """An etcd v3 client over one or more endpoints, with MAO's error handling.
 
-    A call that fails on one endpoint is retried on the next (failover), once per endpoint;
-    when none answers it raises `ServiceUnavailable("etcd", <endpoints>)`.
+    A call that fails on one endpoint is retried on the next (pyetcd's failover picks another
+    endpoint after a failure; tenacity retries), once per endpoint; when none answers it raises
+    `ServiceUnavailable("etcd", <endpoints>)`.
     """
 
     def __init__(self, endpoints: Sequence[str], timeout_s: float) -> None:
@@ -82,16 +84,18 @@ class Etcd:
                 database is full, or authentication is required); the detail says which.
         """
         endpoints = ",".join(self.endpoints)
-        last: Exception | None = None
-        for _ in self.endpoints:
-            try:
-                return operation(self.client)
-            except _TRANSIENT as e:
-                last = e
-            except (etcd_errors.Etcd3Exception, grpc.RpcError) as e:
-                detail = e.details() if isinstance(e, grpc.RpcError) else type(e).__name__
-                raise ServiceUnavailable("etcd", endpoints, str(detail)) from e
-        raise ServiceUnavailable("etcd", endpoints, type(last).__name__ if last else "") from last
+        failover = Retrying(
+            retry=retry_if_exception_type(_TRANSIENT),
+            stop=stop_after_attempt(len(self.endpoints)),
+            reraise=True,
+        )
+        try:
+            return failover(operation, self.client)
+        except _TRANSIENT as e:
+            raise ServiceUnavailable("etcd", endpoints, type(e).__name__) from e
+        except (etcd_errors.Etcd3Exception, grpc.RpcError) as e:
+            detail = e.details() if isinstance(e, grpc.RpcError) else type(e).__name__
+            raise ServiceUnavailable("etcd", endpoints, str(detail)) from e
 
     def close(self) -> None:
         """Close the gRPC channels."""
@@ -163,9 +167,26 @@ class Collection(Generic[M]):
         own write here and so is not reported as a clash."""
         raw, _ = self._etcd.call(lambda client: client.get(key))
         try:
-            return None if raw is None else _parse(self._model, key, raw)
+            return None if raw is None else self._parse(key, raw)
         except InvalidInput:
             return None
+
+    def _parse(self, key: str, raw: bytes) -> M:
+        """The entry at `key`, validated, and named as its key says.
+
+        Raises:
+            InvalidInput: the value is invalid, or its `name` is not the one in its key (an entry
+                that lies about its name would run in another entry's data directory).
+        """
+        return self._named_as_key(key, _parse(self._model, key, raw))
+
+    def _named_as_key(self, key: str, item: M) -> M:
+        name = getattr(item, "name")  # noqa: B009 - every registry model has a name
+        if key != self.key(name):
+            raise InvalidInput(
+                f"registry entry {key} is invalid (its name is {name!r}, not the one in its key)"
+            )
+        return item
 
     def get(self, name: str) -> M:
         """Read and validate entry `name`.
@@ -179,16 +200,23 @@ class Collection(Generic[M]):
         raw, _ = self._etcd.call(lambda client: client.get(key))
         if raw is None:
             raise NotFound(f"{self.kind} {name!r} is not registered")
-        return _parse(self._model, key, raw)
+        return self._parse(key, raw)
 
     def list(self) -> tuple[list[M], list[InvalidEntry]]:
-        """All entries in one prefix read, sorted by name, and the ones that failed validation.
+        """All entries in one prefix read, sorted by name, and the ones that failed validation
+        (including those whose name is not the one in their key).
 
         Raises:
             ServiceUnavailable: etcd did not answer.
         """
         entries, invalid, _ = read_prefix(self._etcd, self.prefix, self._model)
-        return [item for _, item in entries], invalid
+        items: list[M] = []
+        for key, item in entries:
+            try:
+                items.append(self._named_as_key(key, item))
+            except InvalidInput as e:
+                invalid.append(InvalidEntry(key, str(e)))
+        return items, invalid
 
     def remove(self, name: str) -> None:
         """Delete entry `name`.
@@ -274,13 +302,17 @@ class Registry:
         found = [(key, n) for key, n in entries if tool is None or n.tool == tool]
         return found, invalid, revision
 
+    def member_key(self, node_id: str) -> str:
+        """The etcd key of member `node_id`'s record: `<prefix>members/<node_id>`."""
+        return f"{self.members_prefix}{node_id}"
+
     def register_member(self, member: Member, ttl_s: int) -> int:
         """Write this node's member record on a new lease of `ttl_s` seconds; returns the lease id.
 
         Raises:
             ServiceUnavailable: etcd did not answer.
         """
-        key = f"{self.members_prefix}{member.node_id}"
+        key = self.member_key(member.node_id)
 
         def put(client: pyetcd.MultiEndpointEtcd3Client) -> int:
             lease = client.lease(ttl_s)
@@ -295,7 +327,7 @@ class Registry:
         Raises:
             ServiceUnavailable: etcd did not answer.
         """
-        key = f"{self.members_prefix}{member.node_id}"
+        key = self.member_key(member.node_id)
         self.etcd.call(lambda client: client.put(key, member.model_dump_json(), lease=lease_id))
 
     def refresh_member_lease(self, lease_id: int) -> bool:

@@ -85,6 +85,7 @@ def run(ctx: Node, report: RunReport) -> RunReport:
         outcome = containers.run_container(ctx.docker, spec)
     except containers.ContainerGone:
         return adopted_outcome(ctx, report)
+    datasets.hand_over(Path(report.data_dir), *conf.tool_uid_gid)  # no setuid file left behind
     stored = ctx.runs.get(report.run_id)
     if stored.status == RunStatus.INTERRUPTED:
         return stored

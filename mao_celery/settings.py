@@ -31,6 +31,8 @@ from mao_celery.text import redact_url
 
 DEFAULT_IMPORTDIR = Path.home() / ".local" / "share" / "mao" / "importdir"
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+# A host name, IPv4 address or bracketed IPv6 address: no user info ("@") nor path.
+ETCD_HOST_RE = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
 # MAO_TOOL_USER: numeric uid:gid (names would need the image's /etc/passwd).
 TOOL_USER_RE = re.compile(r"(?P<uid>[0-9]{1,10}):(?P<gid>[0-9]{1,10})")
 
@@ -119,8 +121,14 @@ class Settings(BaseSettings):
             raise ValueError("at least one etcd endpoint (host:port) is needed")
         for endpoint in value:
             host, sep, port = endpoint.rpartition(":")
-            if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-                raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+            if not (
+                sep
+                and ETCD_HOST_RE.fullmatch(host)
+                and port.isascii()
+                and port.isdigit()
+                and 0 < int(port) < 65536
+            ):
+                raise ValueError(f"etcd endpoint {redact_url(endpoint)!r} is not host:port")
         return value
 
     @field_validator("redis_url")
@@ -131,6 +139,12 @@ class Settings(BaseSettings):
             raise ValueError(f"{redact_url(value)!r} is not a redis://, rediss:// or unix:// URL")
         if parts.scheme != "unix" and not re.fullmatch(r"/?|/\d+", parts.path):
             raise ValueError(f"{redact_url(value)!r}: the path must be a database number, e.g. /0")
+        try:
+            port = parts.port  # urlsplit checks the port only when it is read
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError(f"{redact_url(value)!r}: the port must be 1-65535")
         return value
 
     @field_validator("tool_user")

@@ -9,7 +9,8 @@ Two rules, each written once and used by every listing, `--json`, error and log 
   the terminal. Multi-line text (a container's log tail) is split into lines first, each made
   printable.
 
-This module imports nothing of ours: every layer may use it.
+It also writes a spike's gain the one way every listing, report and log line shows it
+(`format_gain_pct`). This module imports nothing of ours: every layer may use it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ REDACTED = "***"
 # what precedes its last "@".
 _AUTHORITY_USERINFO_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _URL_WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+# `user:password@` anywhere (scp-like `alice:pw@host:path`, a URL missing a slash): the password
+# is what follows the user's ":" up to the "@", without "/", "@" or white space.
+_PASSWORD_RE = re.compile(r"(?P<user>[^\s:/@'\"]*):[^\s/@'\"]+@")
 
 
 def printable(value: object) -> str:
@@ -44,8 +48,13 @@ def redact_url(url: str) -> str:
     of any other URL (`ssh://git:***@host/`). Other text is unchanged (`ssh://git@host/`).
 
     A URL that `urllib.parse.urlsplit` cannot parse (e.g. `https://u:p@[x/`) has everything
-    between `scheme://` and the last `@` of its authority masked: `https://***@[x/`.
+    between `scheme://` and the last `@` of its authority masked: `https://***@[x/`. Any
+    `user:password@` left (scp-like `alice:pw@host:path`, `https:/u:pw@host`) shows `user:***@`.
     """
+    return _PASSWORD_RE.sub(rf"\g<user>:{REDACTED}@", _redact_authority(url))
+
+
+def _redact_authority(url: str) -> str:
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -63,5 +72,14 @@ def redact_url(url: str) -> str:
 
 def redact_urls(text: str) -> str:
     """`text` with `redact_url` applied to every `scheme://...` word in it (a word ends at white
-    space or a quote), e.g. an error message quoting a URL."""
-    return _URL_WORD_RE.sub(lambda m: redact_url(m.group()), text)
+    space or a quote), e.g. an error message quoting a URL, and every `user:password@` masked."""
+    masked = _URL_WORD_RE.sub(lambda m: redact_url(m.group()), text)
+    return _PASSWORD_RE.sub(rf"\g<user>:{REDACTED}@", masked)
+
+
+def format_gain_pct(
+    gain_pct: float | None, *, digits: int = 1, unit: str = "%", undefined: str = "undefined"
+) -> str:
+    """A gain in percent for people, signed: `+12.5%` (`unit=""` under a "gain %" column
+    header); `undefined` when it is None (zero baseline, too few values)."""
+    return undefined if gain_pct is None else f"{gain_pct:+.{digits}f}{unit}"

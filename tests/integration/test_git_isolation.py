@@ -12,6 +12,7 @@ import base64
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -542,3 +543,17 @@ def test_without_credentials_the_clone_fails_and_leaves_nothing(
     assert HTTP_PASSWORD not in str(caught.value)
     assert sorted(importdir.iterdir()) == before
     assert not attack.marker.exists()
+
+
+def test_hand_over_clears_setuid_and_setgid_bits(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    setuid, setgid = work / "x", work / "sub" / "y"
+    for path, mode in ((setuid, 0o4755), (setgid, 0o2750)):
+        path.write_text("#!/bin/sh\n")
+        path.chmod(mode)
+
+    datasets.hand_over(work, TOOL_UID, TOOL_UID)
+
+    assert stat.S_IMODE(setuid.stat().st_mode) == 0o755
+    assert stat.S_IMODE(setgid.stat().st_mode) == 0o750

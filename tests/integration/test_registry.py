@@ -299,3 +299,19 @@ def test_a_registry_on_three_members_fails_over_when_its_member_stops(
             assert restarted.get(registry.datasets.key("before"))[0] is None
     finally:
         registry.etcd.close()
+
+
+def test_an_entry_whose_name_is_not_its_key_is_invalid(
+    registry: Registry, etcd_server: EtcdServer
+) -> None:
+    registry.tools.add(make_tool("sch"))
+    liar_key = registry.tools.key("e05b")
+    with connect_etcd(etcd_server.port) as client:
+        client.put(liar_key, make_tool("sch").model_dump_json())
+
+    with pytest.raises(InvalidInput, match="its name is 'sch', not the one in its key"):
+        registry.tools.get("e05b")
+    listed, invalid = registry.tools.list()
+
+    assert [t.name for t in listed] == ["sch"]
+    assert [entry.key for entry in invalid] == [liar_key]

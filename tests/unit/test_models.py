@@ -235,6 +235,8 @@ CREDENTIAL_URLS = [
     f"file://alice:{SECRET}@/srv/d.git",
     f"https://alice:{SECRET}@[x/d.git",  # not even parsable
     f"https://:{SECRET}@host/d.git",
+    f"alice:{SECRET}@127.0.0.1:/x.git",  # scp-like with a password
+    f"https:/alice:{SECRET}@127.0.0.1/x.git",  # a slash missing
 ]
 
 
@@ -505,3 +507,9 @@ def test_describe_validation_error_names_value_when_there_is_no_field() -> None:
     with pytest.raises(ValidationError) as raised:
         TypeAdapter(Name).validate_python("-x")
     assert describe_validation_error(raised.value).startswith("value: invalid name '-x'")
+
+
+@pytest.mark.parametrize("url", ["https://h/x.git?token=S3cret", "https://h/x.git#S3cret"])
+def test_validate_git_url_refuses_a_query_or_fragment(url: str) -> None:
+    with pytest.raises(ValueError, match="a query or fragment"):
+        validate_git_url(url)

@@ -203,3 +203,23 @@ def test_visibility_timeout_setting_wins(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("MAO_RUN_TIMEOUT_S", "120")
     monkeypatch.setenv("MAO_BROKER_VISIBILITY_TIMEOUT_S", "50")
     assert load_settings().visibility_timeout_s == 50.0
+
+
+@pytest.mark.parametrize("url", ["redis://u:S3cret@h:abc/0", "redis://h:99999/0", "redis://h:0/0"])
+def test_a_redis_url_with_a_bad_port_is_one_line_without_its_password(url: str) -> None:
+    with pytest.raises(InvalidInput, match="the port must be 1-65535") as refused:
+        load_settings(redis_url=url)
+
+    assert "S3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("endpoint", ["alice:S3cret@127.0.0.1:2379", "h/x:2379", "a b:1"])
+def test_an_etcd_endpoint_with_user_info_or_a_path_is_refused_masked(endpoint: str) -> None:
+    with pytest.raises(InvalidInput, match="is not host:port") as refused:
+        load_settings(etcd_endpoints=endpoint)
+
+    assert "S3cret" not in str(refused.value)
+
+
+def test_an_ipv6_etcd_endpoint_is_accepted() -> None:
+    assert load_settings(etcd_endpoints="[::1]:2379").etcd_endpoints == ["[::1]:2379"]
