@@ -4,6 +4,26 @@ RedBeat's own scheduler lets a Redis error escape from `tick`, which ends the be
 starts without its lock when Redis is down at start-up. This one logs the error, retries every
 `RETRY_S` seconds, and takes the lock (again) once Redis answers: a restart of Redis, with its
 append-only file, then costs the schedules a few seconds, not the node's beat.
+
+Why not RedBeat's `redbeat_redis_options={"retry_period": ...}` (issue 8, item 4): it wraps
+only the methods called on the client itself (`get_redis(app).zrange(...)`) in tenacity retries
+(`RetryingConnection`). A tick's Redis traffic does not go through them: `tick` first calls
+`self.lock.extend`, and the lock holds the plain `Redis` client (made by the proxied
+`client.lock(...)`), then reads the due entries with `pipeline().execute()`, which is not
+proxied either. Measured (celery-redbeat 2.4.2, real redis-server stopped for 4 s):
+
+- in-process, `retry_period` 10 s: a direct `client.zrange` waited and returned after 7 s (its
+  backoff 1, 2, 4 s), while `RedBeatScheduler.tick()` raised `ConnectionError` after 0.0 s,
+  from `lock.extend`, and again after 0.0 s from the pipeline with the lock out of the way;
+- the Redis outage test of tests/integration/test_schedules.py, run with this class minus its
+  `RedisError` catch and with `retry_period` 60 s: beat died on the first tick without Redis
+  ("beat raised exception ConnectionError", from `lock.extend` in redbeat's `tick`), no retry
+  logged; the test failed ("not within 20 s: a firing after a Redis outage").
+
+Nor does it help as an addition: a retried call blocks the tick for up to `retry_period` with
+backoff up to 30 s, during which the lock (30 s) is not extended; and the option applies to
+every user of RedBeat's client of the app, so the CLI's `schedule list` (`ScheduleStore`) would
+wait out the retry period instead of failing at once with exit 3 (a negative period: forever).
 """
 
 from __future__ import annotations

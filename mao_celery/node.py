@@ -21,11 +21,13 @@ if TYPE_CHECKING:
     from mao_celery.node_state import NodeState
     from mao_celery.registry import Registry
     from mao_celery.runs import RunStore
+    from mao_celery.schedules import ScheduleStore
 
 
 class Node:
-    """The clients of one node: `registry` (etcd), `runs` and `state` (its Redis), `docker`, and
-    `app` (its Celery app). A context manager: leaving it closes the clients that were built.
+    """The clients of one node: `registry` (etcd), `runs`, `state` and `schedules` (its Redis),
+    `docker`, and `app` (its Celery app). A context manager: leaving it closes the clients that
+    were built.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -63,6 +65,13 @@ class Node:
         from mao_celery import containers
 
         return containers.connect()
+
+    @cached_property
+    def schedules(self) -> ScheduleStore:
+        """This node's tool schedules (RedBeat entries in its Redis)."""
+        from mao_celery.schedules import ScheduleStore
+
+        return ScheduleStore(self.app)
 
     @cached_property
     def app(self) -> Celery:

@@ -18,6 +18,7 @@ from mao_celery.exceptions import AlreadyRunning, MaoError, NotFound
 from mao_celery.node_state import NodeState
 from mao_celery.registry import Registry
 from mao_celery.tasks import node
+from mao_celery.text import format_gain_pct
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,13 @@ def log_new_notifications(registry: Registry, state: NodeState) -> list[str]:
     cursor = int(state.get(CURSOR_KEY) or 0)
     found, invalid, revision = registry.notifications(after_revision=cursor)
     for key, n in found:
-        gain = "undefined" if n.gain_pct is None else f"{n.gain_pct:+.1f}%"
         log.warning(
             "spike: tool %s on node %s: control value %s, baseline %s, gain %s (run %s, %s)",
             n.tool,
             n.node,
             n.control_value,
             n.baseline,
-            gain,
+            format_gain_pct(n.gain_pct),
             n.run_id,
             key,
         )

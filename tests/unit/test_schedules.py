@@ -1,4 +1,5 @@
-"""The pure parts of tool schedules: times of day, time zones, cron expressions, option rules."""
+"""The pure parts of tool schedules (schedule_spec.py, and how schedules.py describes a run):
+times of day, time zones, cron expressions, the option rules of a request, the spec it builds."""
 
 from __future__ import annotations
 
@@ -13,18 +14,24 @@ from hypothesis import strategies as st
 
 from mao_celery.exceptions import InvalidInput
 from mao_celery.models import RunReport, RunStatus, SpikeResult
-from mao_celery.schedules import (
+from mao_celery.schedule_spec import (
     DAYS,
-    describe_result,
-    make_spec,
+    ScheduleRequest,
+    ScheduleSpec,
+    build_spec,
     parse_at,
     parse_cron,
     to_utc,
 )
+from mao_celery.schedules import describe_result
 
 WINTER = date(2025, 1, 15)
 SUMMER = date(2025, 7, 15)
 ZONES = sorted(available_timezones() - {"Factory", "localtime"})
+
+
+def spec(period: str | None = None, on: date | None = None, **options: str | float) -> ScheduleSpec:
+    return build_spec(ScheduleRequest(period=period, **options), on)
 
 
 @given(st.integers(0, 23), st.integers(0, 59), st.booleans())
@@ -141,8 +148,8 @@ def test_parse_cron_names_the_bad_field(expr: str, reason: str) -> None:
 
 
 def test_daily_and_weekly_alone_are_intervals_from_now() -> None:
-    daily = make_spec("daily")
-    weekly = make_spec("weekly")
+    daily = spec("daily")
+    weekly = spec("weekly")
 
     assert isinstance(daily.schedule, schedule)
     assert not isinstance(daily.schedule, crontab)
@@ -153,36 +160,36 @@ def test_daily_and_weekly_alone_are_intervals_from_now() -> None:
 
 
 def test_daily_at_a_local_time_is_a_utc_crontab_that_says_both() -> None:
-    spec = make_spec("daily", at="06:30", tz="Europe/Paris", on=SUMMER)
+    daily = spec("daily", at="06:30", tz="Europe/Paris", on=SUMMER)
 
-    assert isinstance(spec.schedule, crontab)
-    assert (spec.schedule.hour, spec.schedule.minute) == ({4}, {30})
-    assert spec.schedule.day_of_week == set(range(7))
-    assert spec.description == "daily at 06:30 Europe/Paris (04:30 UTC)"
-    assert spec.expires_s == 86400
+    assert isinstance(daily.schedule, crontab)
+    assert (daily.schedule.hour, daily.schedule.minute) == ({4}, {30})
+    assert daily.schedule.day_of_week == set(range(7))
+    assert daily.description == "daily at 06:30 Europe/Paris (04:30 UTC)"
+    assert daily.expires_s == 86400
 
 
 def test_weekly_at_defaults_to_monday_in_utc() -> None:
-    spec = make_spec("weekly", at="7:05")
+    weekly = spec("weekly", at="7:05")
 
-    assert isinstance(spec.schedule, crontab)
-    assert (spec.schedule.hour, spec.schedule.minute, spec.schedule.day_of_week) == (
+    assert isinstance(weekly.schedule, crontab)
+    assert (weekly.schedule.hour, weekly.schedule.minute, weekly.schedule.day_of_week) == (
         {7}, {5}, {1},
     )  # fmt: skip
-    assert spec.description == "weekly on mon at 07:05 UTC"
+    assert weekly.description == "weekly on mon at 07:05 UTC"
 
 
 def test_weekly_on_a_day_in_a_zone_may_move_to_the_day_before_in_utc() -> None:
-    spec = make_spec("weekly", at="00:30", day="Mon", tz="Europe/Paris", on=WINTER)
+    weekly = spec("weekly", at="00:30", day="Mon", tz="Europe/Paris", on=WINTER)
 
-    assert isinstance(spec.schedule, crontab)
-    assert spec.schedule.day_of_week == {0}
-    assert spec.description == "weekly on mon at 00:30 Europe/Paris (sun 23:30 UTC)"
+    assert isinstance(weekly.schedule, crontab)
+    assert weekly.schedule.day_of_week == {0}
+    assert weekly.description == "weekly on mon at 00:30 Europe/Paris (sun 23:30 UTC)"
 
 
 def test_cron_and_every_s_specs() -> None:
-    cron = make_spec(cron=" 0  6 * * 1-5")
-    every = make_spec(every_s=3)
+    cron = spec(cron=" 0  6 * * 1-5")
+    every = spec(every_s=3)
 
     assert cron.description == "cron 0 6 * * 1-5 (UTC)"
     assert cron.expires_s is None
@@ -206,11 +213,38 @@ def test_cron_and_every_s_specs() -> None:
         (None, {"every_s": 0.0}, "must be positive"),
     ],
 )
-def test_make_spec_rejects_options_that_do_not_fit(
+def test_a_request_refuses_options_that_do_not_fit(
     period: str | None, options: dict[str, str | float], reason: str
 ) -> None:
     with pytest.raises(InvalidInput, match=re.escape(reason)):
-        make_spec(period, **options)  # type: ignore[arg-type]
+        ScheduleRequest(period=period, **options)
+
+
+@given(
+    st.sampled_from([None, "daily", "weekly", "monthly"]),
+    st.sampled_from([None, "06:30", "0:05", "24:00"]),
+    st.sampled_from([None, "tue", "SUN", "someday"]),
+    st.sampled_from([None, "UTC", "Europe/Paris", "Nowhere/City"]),
+    st.sampled_from([None, "* * * * *", "0 6 * * 1-5", "0 24 * * *"]),
+    st.sampled_from([None, 3.0, 0.0]),
+)
+def test_every_request_that_is_made_builds(
+    period: str | None,
+    at: str | None,
+    day: str | None,
+    tz: str | None,
+    cron: str | None,
+    every_s: float | None,
+) -> None:
+    try:
+        request = ScheduleRequest(period=period, at=at, day=day, tz=tz, cron=cron, every_s=every_s)
+    except InvalidInput:
+        return
+
+    built = build_spec(request, WINTER)
+
+    assert built.description
+    assert (built.expires_s is None) == (cron is not None)
 
 
 @pytest.mark.parametrize(
