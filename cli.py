@@ -31,6 +31,7 @@ EXIT_CODES: dict[type[errors.MaoError], int] = {
     errors.AlreadyExists: 1,
     errors.AlreadyRunning: 1,
     errors.InvalidInput: 1,
+    errors.InvalidState: 1,
     errors.ServiceUnavailable: 3,
     errors.RunFailed: 4,
 }

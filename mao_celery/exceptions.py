@@ -24,6 +24,21 @@ class InvalidInput(MaoError):
     """A value failed validation (name, URL, image, schedule, ...); nothing was changed."""
 
 
+class InvalidState(MaoError):
+    """A stored record (a Redis key, an etcd entry, a schedule) cannot be read: wrong type, not
+    JSON, or not valid. The message names the key; `maoctl repair` removes such records.
+
+    Args:
+        key: the key of the record, e.g. "mao:run:1234".
+        reason: why it cannot be read, one line.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"invalid state at {key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
 class AlreadyRunning(MaoError):
     """A run of this tool is already under way on this node."""
 
