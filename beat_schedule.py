@@ -1,28 +1,32 @@
 """The periodic tasks every MAO node has, installed by RedBeat as static entries.
 
 Scheduled tool runs are not here: `maoctl tool schedule` stores them in Redis (schedules.py).
+The heartbeat's interval is a setting (`MAO_HEARTBEAT_INTERVAL_S`), the other intervals fixed.
 """
 
 from typing import Any
 
 NOTIFICATION_LISTENER_INTERVAL_S = 10.0
-HEARTBEAT_INTERVAL_S = 10.0
-LOST_RUNS_INTERVAL_S = 600.0
+RECOVERY_INTERVAL_S = 30.0
+"""Seconds between two sweeps of `mao.recover_runs` (runs whose worker died)."""
 
-BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    "mao-listen-notifications": {
-        "task": "mao.listen_notifications",
-        "schedule": NOTIFICATION_LISTENER_INTERVAL_S,
-        "options": {"expires": NOTIFICATION_LISTENER_INTERVAL_S},
-    },
-    "mao-member-heartbeat": {
-        "task": "mao.heartbeat",
-        "schedule": HEARTBEAT_INTERVAL_S,
-        "options": {"expires": HEARTBEAT_INTERVAL_S},
-    },
-    "mao-fail-lost-runs": {
-        "task": "mao.fail_lost_runs",
-        "schedule": LOST_RUNS_INTERVAL_S,
-        "options": {"expires": LOST_RUNS_INTERVAL_S},
-    },
-}
+
+def beat_schedule(heartbeat_interval_s: float) -> dict[str, dict[str, Any]]:
+    """Celery's `beat_schedule` of a node whose heartbeat runs every `heartbeat_interval_s` s."""
+    return {
+        "mao-listen-notifications": {
+            "task": "mao.listen_notifications",
+            "schedule": NOTIFICATION_LISTENER_INTERVAL_S,
+            "options": {"expires": NOTIFICATION_LISTENER_INTERVAL_S},
+        },
+        "mao-member-heartbeat": {
+            "task": "mao.heartbeat",
+            "schedule": heartbeat_interval_s,
+            "options": {"expires": heartbeat_interval_s},
+        },
+        "mao-recover-runs": {
+            "task": "mao.recover_runs",
+            "schedule": RECOVERY_INTERVAL_S,
+            "options": {"expires": RECOVERY_INTERVAL_S},
+        },
+    }

@@ -14,6 +14,7 @@ Exit codes: 0 ok; 1 not found, already exists, already running or invalid input;
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -143,6 +144,11 @@ def tool_get(name: str | None, as_json: bool) -> None:
     "(none); nodes run it only if they allow it.",
 )
 @click.option(
+    "--branch",
+    metavar="NAME",
+    help="Branch of DATA_REPO to clone (default: the repository's HEAD).",
+)
+@click.option(
     "--writable-rootfs",
     is_flag=True,
     help="Let the tool write outside its data directory and /tmp (root file system writable).",
@@ -162,8 +168,10 @@ def tool_add(name: str, writable_rootfs: bool, **fields: Any) -> None:
 @tool.command("remove")
 @click.argument("name")
 def tool_remove(name: str) -> None:
-    """Remove tool NAME from the registry (its local data directory is kept)."""
-    tools.remove(current_node(), "tool", name)
+    """Remove tool NAME from the registry and its schedule on this node, the schedule first
+    (its local data directory is kept)."""
+    if tools.remove(current_node(), "tool", name):
+        click.echo(f"schedule of tool {name} removed")
     click.echo(f"tool {name} removed")
 
 
@@ -200,37 +208,76 @@ def tool_run(name: str, no_wait: bool, wait_timeout_s: float | None, as_json: bo
 @json_option
 def tool_runs(name: str, limit: int, as_json: bool) -> None:
     """List the recent runs of tool NAME on this node, newest first."""
-    render.show_runs(name, tools.recent_runs(current_node(), name, limit), as_json)
+    reports, invalid = tools.recent_runs(current_node(), name, limit)
+    render.warn_records(invalid)
+    render.show_runs(name, reports, as_json)
 
 
-@tool.command("schedule")
-@click.argument("name")
-@click.argument("period", required=False, type=click.Choice(["daily", "weekly"]))
-@click.option("--at", metavar="HH:MM", help="With daily/weekly: run at this time of day.")
-@click.option("--day", metavar="mon..sun", help="With weekly --at: the day (default mon).")
-@click.option("--tz", metavar="Area/City", help="Time zone of --at (default UTC).")
-@click.option("--cron", metavar='"m h dom mon dow"', help="A cron expression, in UTC.")
-@click.option("--every-s", type=float, hidden=True, help="Every SECONDS (for tests).")
-def tool_schedule(name: str, **options: Any) -> None:
-    """Run tool NAME periodically on this node's workers (needs `celery beat` running).
+PERIODS = ("daily", "weekly")
+SCHEDULE_COMMANDS = ("add", "list", "remove", "pause", "resume", "next")
+SCHEDULE_HELP = """Run tool NAME periodically on this node's workers (needs beat running).
 
-    \b
-    daily / weekly       every 24 h / 7 days, counted from now
-    daily --at 06:30     each day at 06:30 (weekly: on --day, default mon)
-    --cron "0 6 * * 1-5" a cron expression (minute hour day-of-month month day-of-week)
+\b
+daily / weekly          each day / each week at the current time of day
+daily --at 06:30        each day at 06:30 (weekly: on --day, default today)
+--cron "0 6 * * 1-5"    a standard cron expression: minute hour day-of-month month
+                        day-of-week (names, 7 = Sunday, @hourly/@daily/@weekly; when both day
+                        fields are restricted, either one matching fires)
 
-    Times are UTC unless --tz names a zone (e.g. Europe/Paris). RedBeat stores cron fields
-    without a time zone, so --at is converted to UTC when the schedule is created (with the
-    offset in force then): after a daylight-saving change the run happens an hour earlier or
-    later in local time; schedule the tool again to follow it. `schedule list` shows both.
+Times are in --tz (an IANA zone, e.g. Europe/Zurich; default UTC), for every form, computed
+on each tick: 06:00 stays 06:00 local across daylight-saving changes. A time skipped by the
+change fires once, at the end of the gap; a repeated time fires once (hour field `*`: both).
 
-    A tool has at most one schedule: scheduling it again replaces the old one.
-    """
+A tool has at most one schedule: scheduling it again replaces the old one. A fire whose run
+cannot start (etcd or Redis away) is retried for about 30 s, then recorded as a failed run.
+"""
+
+
+def _period(ctx: click.Context, _: click.Parameter, value: str | None) -> str | None:
+    """Check PERIOD; `tool schedule remove NAME` is pointed to `schedule remove NAME`."""
+    if value is None or value in PERIODS:
+        return value
+    name = ctx.params.get("name")
+    if name in SCHEDULE_COMMANDS:
+        raise click.UsageError(f"to {name} a schedule, use `maoctl schedule {name} {value}`")
+    raise click.BadParameter(f"{value!r} is not one of daily, weekly")
+
+
+def schedule_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The arguments and options of `schedule add` and `tool schedule`."""
+    options = (
+        click.argument("name"),
+        click.argument("period", required=False, callback=_period, metavar="[daily|weekly]"),
+        click.option("--at", metavar="HH:MM", help="With daily/weekly: the time of day."),
+        click.option("--day", metavar="mon..sun", help="With weekly: the day (default today)."),
+        click.option("--tz", metavar="Area/City", help="Time zone of the schedule (default UTC)."),
+        click.option("--cron", metavar='"m h dom mon dow"', help="A cron expression."),
+        click.option("--every-s", type=float, hidden=True, help="Every SECONDS (for tests)."),
+        json_option,
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def add_schedule(name: str, as_json: bool, options: dict[str, Any]) -> None:
+    """Schedule tool `name` as `options` say; print what was done."""
     done = tools.schedule(current_node(), name, **options)
-    if done.replaced is not None:
-        click.echo(f"tool {name}: replaced its schedule ({done.replaced})")
-    next_run = f"{done.next_run_at:{render.TIME}} UTC"
-    click.echo(f"tool {name} scheduled {done.description}; next run {next_run}")
+    if as_json:
+        render.print_json(done)
+    else:
+        render.echo_lines(render.scheduled_lines(done))
+
+
+@tool.command(
+    "schedule",
+    help=SCHEDULE_HELP + "\nThe same as `maoctl schedule add`.",
+    short_help="Schedule tool NAME (as `schedule add`).",
+)
+@schedule_options
+def tool_schedule(name: str, as_json: bool, **options: Any) -> None:
+    """`maoctl schedule add`, as the original MAO named it."""
+    add_schedule(name, as_json, options)
 
 
 # ---- runs and notifications ------------------------------------------------------------------
@@ -238,7 +285,7 @@ def tool_schedule(name: str, **options: Any) -> None:
 
 @main.group(cls=MaoGroup)
 def run() -> None:
-    """Show runs of this node."""
+    """Show and forget runs of this node."""
 
 
 @run.command("show")
@@ -250,6 +297,15 @@ def run_show(run_id: str, as_json: bool) -> None:
     if not report.status.terminal:
         render.note(f"run {run_id} is {report.status}")
     show_report(report, as_json)
+
+
+@run.command("forget")
+@click.argument("run_id")
+def run_forget(run_id: str) -> None:
+    """Remove run RUN_ID's record from this node, readable or not, and free the tool lock it
+    holds (a run that has not ended is refused: exit 1)."""
+    tools.forget_run(current_node(), run_id)
+    click.echo(f"run {run_id} forgotten")
 
 
 @main.group(cls=MaoGroup)
@@ -287,9 +343,12 @@ def dataset_get(name: str | None, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("url")
 @click.option("--description", default="", help="What the dataset holds.")
-def dataset_add(name: str, url: str, description: str) -> None:
+@click.option("--branch", metavar="NAME", help="Branch to clone (default: the remote's HEAD).")
+def dataset_add(name: str, url: str, description: str, branch: str | None) -> None:
     """Register dataset NAME, a git repository at URL."""
-    tools.register(current_node(), "dataset", name=name, url=url, description=description)
+    tools.register(
+        current_node(), "dataset", name=name, url=url, description=description, branch=branch
+    )
     click.echo(f"dataset {name} registered")
 
 
@@ -328,23 +387,62 @@ def dataset_list_local(as_json: bool) -> None:
 
 @main.group("schedule", cls=MaoGroup)
 def schedule_group() -> None:
-    """List and remove the tool schedules of this node."""
+    """Add, list, pause, resume and remove the tool schedules of this node."""
+
+
+@schedule_group.command("add", help=SCHEDULE_HELP, short_help="Schedule tool NAME.")
+@schedule_options
+def schedule_add(name: str, as_json: bool, **options: Any) -> None:
+    """Schedule tool NAME (see SCHEDULE_HELP)."""
+    add_schedule(name, as_json, options)
 
 
 @schedule_group.command("list")
 @json_option
 def schedule_list(as_json: bool) -> None:
-    """List this node's tool schedules with their next run and the tool's last result.
+    """List this node's tool schedules: state, next run (UTC and local), last fire, its run
+    and that run's result.
 
-    Times are UTC; --at times given in another zone were converted to UTC when scheduled.
+    An entry that cannot be read is listed as invalid with its key (and a warning on stderr);
+    `schedule remove NAME` removes it.
     """
-    render.SCHEDULES.show(tools.list_schedules(current_node()), as_json)
+    infos = tools.list_schedules(current_node())
+    render.warn_invalid_schedules(infos)
+    render.SCHEDULES.show(infos, as_json)
+
+
+@schedule_group.command("next")
+@click.argument("name")
+@click.option("--count", type=click.IntRange(1, 1000), default=5, show_default=True)
+@json_option
+def schedule_next(name: str, count: int, as_json: bool) -> None:
+    """Show the next COUNT fire times of tool NAME's schedule, in UTC and in its zone (none
+    while it is paused)."""
+    info, fires = tools.next_fires(current_node(), name, count)
+    render.show_next_fires(info, fires, as_json)
+
+
+@schedule_group.command("pause")
+@click.argument("name")
+def schedule_pause(name: str) -> None:
+    """Pause tool NAME's schedule: it fires no more until resumed (a run under way goes on)."""
+    tools.pause_schedule(current_node(), name, paused=True)
+    click.echo(f"schedule of tool {name} paused")
+
+
+@schedule_group.command("resume")
+@click.argument("name")
+def schedule_resume(name: str) -> None:
+    """Resume tool NAME's schedule from its next fire time (fires missed while paused are not
+    made up)."""
+    info = tools.pause_schedule(current_node(), name, paused=False)
+    click.echo(f"schedule of tool {name} resumed; next run {info.next_run_at:{render.TIME}} UTC")
 
 
 @schedule_group.command("remove")
 @click.argument("name")
 def schedule_remove(name: str) -> None:
-    """Remove tool NAME's schedule (a run under way goes on)."""
+    """Remove tool NAME's schedule, valid or not (a run under way goes on)."""
     tools.remove_schedule(current_node(), name)
     click.echo(f"schedule of tool {name} removed")
 
@@ -385,6 +483,16 @@ def node_interrupt_runs(grace_s: float) -> None:
     click.echo(render.interrupted_line(interrupt_running_runs(node.docker, node.runs, grace_s)))
 
 
+@main.command()
+@click.option("--yes", is_flag=True, help="Delete the invalid records found.")
+@json_option
+def repair(yes: bool, as_json: bool) -> None:
+    """List this node's records in Redis that cannot be read (run records and indexes, tool
+    locks, node state); with --yes, delete them. Schedules are not checked here.
+    """
+    render.show_repair(tools.repair(current_node(), delete=yes), yes, as_json)
+
+
 @main.command("config")
 @json_option
 def config_show(as_json: bool) -> None:
@@ -400,12 +508,14 @@ def config_show(as_json: bool) -> None:
 def status(as_json: bool) -> None:
     """Check this node's dependencies: etcd, Redis, the Docker daemon, importdir.
 
-    Exits 3 when any of them is not usable.
+    Exits 3 when any of them is not usable, 1 when that is because of a setting.
     """
     from mao_celery.health import check_all
 
     checks = check_all(current_node().settings)
     render.show_checks(checks, as_json)
+    if any(check.invalid_setting for check in checks):
+        sys.exit(EXIT_CODES[errors.InvalidInput])
     if not all(check.ok for check in checks):
         sys.exit(EXIT_CODES[errors.ServiceUnavailable])
 

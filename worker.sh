@@ -18,7 +18,8 @@
 # runs still in their containers are interrupted (maoctl node interrupt-runs: marked
 # interrupted, their containers stopped) and the worker gets 30 s more, then SIGKILL. Beat gets
 # SIGTERM last. Exits 0; 1 on invalid settings. A worker or beat that ends by itself (a crash,
-# e.g. kombu's on some Redis restarts) is started again 5 s later.
+# e.g. kombu's on some Redis restarts) is started again 5 s later, unless a setting has become
+# invalid meanwhile: then both are stopped and worker.sh exits 1 (no restart loop).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -32,6 +33,7 @@ WORKER_PID=
 BEAT_PID=
 PIDS=()
 STOPPING=false
+SETTINGS_INVALID=false
 
 LOG_TAG=worker.sh
 # shellcheck source=scripts/lib.sh
@@ -85,6 +87,13 @@ supervise() {
     others=()
     for pid in "${PIDS[@]}"; do [[ $pid == "$ended" ]] || others+=("$pid"); done
     PIDS=("${others[@]}")
+    # A process that ended because of a setting (e.g. MAO_CONFIG's file changed since the start)
+    # would end again at every restart: stop the node with exit 1 instead of looping.
+    if ! check_settings; then
+      say "process $ended ended (exit $status) and a setting is invalid (above): stopping"
+      SETTINGS_INVALID=true
+      break
+    fi
     say "process $ended ended by itself (exit $status): restarting it in $RESTART_DELAY_S s"
     sleep "$RESTART_DELAY_S" &
     wait $! || true
@@ -94,7 +103,11 @@ supervise() {
   stop_worker
   stop_beat
   say "stopped"
+  ! $SETTINGS_INVALID || exit 1
 }
+
+# check_settings: the node's settings are valid; else maoctl's one line is on stderr.
+check_settings() { .venv/bin/maoctl config >/dev/null; }
 
 is_loopback() {
   [[ $1 == localhost || $1 == ::1 || $1 =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]]
@@ -129,8 +142,9 @@ case ${1:-all} in
     ;;
 esac
 [[ -x .venv/bin/celery ]] || die "no .venv/bin/celery in $PWD; run scripts/setup.sh first"
-# The node's settings, checked once here: an invalid one is one line, not a Celery traceback.
-.venv/bin/maoctl config >/dev/null || exit 1
+# The node's settings, checked here (and again before any restart): an invalid one is one line
+# and exit 1, not a Celery traceback nor a restart loop.
+check_settings || exit 1
 [[ $CONCURRENCY =~ ^[1-9][0-9]*$ ]] ||
   die "MAO_WORKER_CONCURRENCY=$CONCURRENCY is not a positive whole number"
 [[ $GRACE_S =~ ^[0-9]+$ ]] || die "MAO_SHUTDOWN_GRACE_S=$GRACE_S is not a whole number of seconds"

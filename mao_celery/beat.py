@@ -24,6 +24,12 @@ Nor does it help as an addition: a retried call blocks the tick for up to `retry
 backoff up to 30 s, during which the lock (30 s) is not extended; and the option applies to
 every user of RedBeat's client of the app, so the CLI's `schedule list` (`ScheduleStore`) would
 wait out the retry period instead of failing at once with exit 3 (a negative period: forever).
+
+Entries are read as `schedules.ScheduleEntry` (cron schedules in a time zone). An entry that
+cannot be read (not JSON, a field out of range, a key of the wrong Redis type) is logged once,
+with its key, and taken out of RedBeat's schedule index (RedBeat's own handling of a missing
+entry), so beat goes on firing the others and never warns about it again; the key stays for
+`maoctl schedule list` to show and `maoctl schedule remove` to delete.
 """
 
 from __future__ import annotations
@@ -35,15 +41,43 @@ import redis
 from redbeat import RedBeatScheduler as _RedBeatScheduler
 from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis
 
+from mao_celery.exceptions import InvalidState
+from mao_celery.schedules import ScheduleEntry
+
 log = logging.getLogger(__name__)
 
 RETRY_S = 2.0
 """Seconds between two attempts while Redis does not answer."""
 
 
-class RedBeatScheduler(_RedBeatScheduler):  # type: ignore[misc]
-    """RedBeat's scheduler that survives Redis outages (use with `celery beat -S`)."""
+class BeatEntry(ScheduleEntry):
+    """The entry beat reads: one that cannot be read is logged and reported missing."""
 
+    @classmethod
+    def from_key(cls, key: str, app: Any = None) -> ScheduleEntry:
+        """The entry at `key`.
+
+        Raises:
+            KeyError: no entry, or an invalid one (logged): RedBeat then removes `key` from
+                its schedule index.
+        """
+        try:
+            return super().from_key(key, app=app)
+        except InvalidState as e:
+            log.warning(
+                "beat: skipped the invalid schedule entry %s (%s); `maoctl schedule remove` "
+                "deletes it",
+                key,
+                e.reason,
+            )
+            raise KeyError(key) from e
+
+
+class RedBeatScheduler(_RedBeatScheduler):  # type: ignore[misc]
+    """RedBeat's scheduler that survives Redis outages and invalid entries (use with
+    `celery beat -S`)."""
+
+    Entry = BeatEntry
     lock: Any  # RedBeat's redis-py Lock, or None while this beat does not hold it
 
     def tick(self, *args: Any, **kwargs: Any) -> float:

@@ -22,13 +22,11 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from beat_schedule import BEAT_SCHEDULE
+from beat_schedule import beat_schedule
 from mao_celery import logfilter
-from mao_celery.settings import Settings, load_settings
+from mao_celery.settings import BEAT_MAX_LOOP_INTERVAL_S, Settings, load_settings
 
 TASK_MODULES = ["mao_celery.tasks", "mao_celery.periodic"]
-BEAT_LOCK_TIMEOUT_S = 30
-BEAT_MAX_LOOP_INTERVAL_S = 5
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -60,14 +58,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         worker_send_task_events=True,
         timezone="UTC",
         enable_utc=True,
-        beat_schedule=BEAT_SCHEDULE,
+        beat_schedule=beat_schedule(settings.heartbeat_interval_s),
         beat_scheduler="mao_celery.beat.RedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix="mao:beat:",
         redbeat_redis_options={},
         # A beat killed without releasing its lock blocks a restarted or second beat for at most
         # the lock's timeout; the holder extends it on every tick (at most 5 s apart).
-        redbeat_lock_timeout=BEAT_LOCK_TIMEOUT_S,
+        redbeat_lock_timeout=settings.beat_lock_timeout_s,
         beat_max_loop_interval=BEAT_MAX_LOOP_INTERVAL_S,
     )
 

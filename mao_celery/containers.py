@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -134,6 +135,8 @@ class ContainerOutcome:
             their last `LOG_TAIL_MAX_CHARS` characters.
         adopted: True when a container this run had already created was adopted.
         container_name: `mao-run-<run_id>`.
+        failure: why the run fails, judged from Docker's state of the ended container (see
+            `judge`); None when the tool exited 0.
     """
 
     exit_code: int | None
@@ -141,6 +144,38 @@ class ContainerOutcome:
     log_tail: str
     adopted: bool
     container_name: str
+    failure: str | None = None
+
+
+def judge(
+    state: dict[str, Any], *, timed_out: bool, timeout_s: float, memory_bytes: int
+) -> str | None:
+    """The failure reason of an ended container from its Docker `State`, or None (exit 0).
+
+    - killed by our timeout: "timeout: the tool ran longer than N s, killed";
+    - killed by the kernel for memory (`State.OOMKilled`): "killed: memory limit of N MiB
+      exceeded";
+    - exit code 128+N (a process killed by signal N from outside, e.g. `docker kill`): "killed
+      by signal N (NAME, exit code 128+N)";
+    - any other non-zero code: "the tool exited with code N".
+    """
+    if timed_out:
+        return f"timeout: the tool ran longer than {timeout_s:g} s, killed"
+    code = int(state.get("ExitCode") or 0)
+    if code == 0:
+        return None
+    if state.get("OOMKilled"):
+        return (
+            f"killed: memory limit of {memory_bytes / (1 << 20):g} MiB exceeded (exit code {code})"
+        )
+    number = code - 128
+    if 0 < number < signal.NSIG:
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "signal"
+        return f"killed by signal {number} ({name}, exit code {code})"
+    return f"the tool exited with code {code}"
 
 
 def container_name(run_id: str) -> str:
@@ -397,7 +432,12 @@ def _finish(container: Container, spec: ContainerSpec, adopted: bool) -> Contain
         container.reload()
     state = container.attrs["State"]
     timed_out = killed or ran_out_of_time(state, spec.timeout_s)
-    log_tail = _read_log_tail(container, spec)
+    try:
+        log_tail = _read_log_tail(container, spec)
+    except (APIError, requests.exceptions.RequestException) as e:
+        # The exit code is judged and the container removed all the same.
+        explained = _explain(e) if isinstance(e, APIError) else type(e).__name__
+        log_tail = f"[the container's log could not be read: {' '.join(explained.split())}]"
     _remove(container)
     return ContainerOutcome(
         exit_code=None if timed_out else int(state["ExitCode"]),
@@ -405,6 +445,9 @@ def _finish(container: Container, spec: ContainerSpec, adopted: bool) -> Contain
         log_tail=log_tail,
         adopted=adopted,
         container_name=container.name,
+        failure=judge(
+            state, timed_out=timed_out, timeout_s=spec.timeout_s, memory_bytes=spec.memory_bytes
+        ),
     )
 
 
@@ -414,6 +457,7 @@ def _read_log_tail(container: Container, spec: ContainerSpec) -> str:
 
     Raises:
         ContainerGone: Docker refuses the logs of a container being removed (or dead).
+        APIError: Docker refuses the logs for another reason (e.g. a log driver it cannot read).
     """
     try:
         tail = container.logs(stdout=True, stderr=True, tail=spec.log_tail_lines)

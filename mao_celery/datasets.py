@@ -55,14 +55,19 @@ import signal
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
-from mao_celery.models import NAME_RE, validate_git_url, validate_name
-from mao_celery.text import redact_url
+from mao_celery.models import NAME_RE, validate_branch, validate_git_url, validate_name
+from mao_celery.text import redact_url, redact_urls
+
+if TYPE_CHECKING:
+    from mao_celery.settings import Settings
 
 STORE_DIR = ".git-store"
 SHORT_SHA_LEN = 12
@@ -86,6 +91,80 @@ _SAFE_CONFIG = (
 # Messages (under LC_ALL=C) of git refusing the URL rather than the remote failing to answer.
 _REFUSED_MARKERS = ("not allowed", "not supported", "unable to find remote helper")
 _MISSING_MARKERS = ("does not exist", "does not appear to be a git repository", "not found")
+# Messages of failures that may heal by themselves (a remote restarting): worth another try.
+# curl says "Couldn't connect to server" for a refused connection.
+_HEALING_MARKERS = (
+    "connection refused",
+    "connection reset",
+    "connection was reset",
+    "couldn't connect to server",
+)
+RETRY_WAITS_S = (2.0, 10.0, 30.0)
+"""Seconds between tries of a remote git command that failed in a way that can heal; their
+number is the number of retries (at most 4 tries in all, and within `GitLimits.total_s`)."""
+
+
+@dataclass(frozen=True)
+class GitLimits:
+    """How long git may talk to a remote before it is given up.
+
+    Attributes:
+        timeout_s: seconds after which one clone or fetch is killed (default 300).
+        low_speed_limit_bps: http(s): bytes per second below which a transfer counts as stalled
+            (git's `http.lowSpeedLimit`, default 1000).
+        low_speed_time_s: http(s): seconds of stall after which git gives up (git's
+            `http.lowSpeedTime`, default 30); a host that accepts and never answers fails then.
+        connect_timeout_s: ssh: seconds to connect and finish the handshake (ssh's
+            `ConnectTimeout`, default 30).
+        total_s: seconds all tries of one clone or fetch may take together, waits included
+            (default 300).
+    """
+
+    timeout_s: float = 300.0
+    low_speed_limit_bps: int = 1000
+    low_speed_time_s: int = 30
+    connect_timeout_s: int = 30
+    total_s: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GitLimits:
+        """The limits of `settings` (`git_timeout_s`, `git_low_speed_*`); the total of the tries
+        is the clone timeout too."""
+        return cls(
+            timeout_s=settings.git_timeout_s,
+            low_speed_limit_bps=settings.git_low_speed_limit_bps,
+            low_speed_time_s=settings.git_low_speed_time_s,
+            connect_timeout_s=min(30, settings.git_low_speed_time_s),
+            total_s=settings.git_timeout_s,
+        )
+
+    def config(self) -> list[str]:
+        """git options bounding the talk with a remote: http(s) low-speed limits, ssh connect
+        timeout (and keep-alives that notice a silent peer), ssh never prompting."""
+        ssh = (
+            f"ssh -o ConnectTimeout={self.connect_timeout_s} -o BatchMode=yes "
+            f"-o ServerAliveInterval={self.low_speed_time_s} -o ServerAliveCountMax=1"
+        )
+        return [
+            *("-c", f"http.lowSpeedLimit={self.low_speed_limit_bps}"),
+            *("-c", f"http.lowSpeedTime={self.low_speed_time_s}"),
+            *("-c", f"core.sshCommand={ssh}"),
+        ]
+
+
+class GitUnavailable(ServiceUnavailable):
+    """git could not read a remote (it did not answer, stalled, refused the connection, timed
+    out). `tries` holds one line per try, e.g. "try 1: fatal: ... Connection refused"."""
+
+    def __init__(self, endpoint: str, tries: Sequence[str]) -> None:
+        super().__init__("git", endpoint, _summary(tries))
+        self.tries = list(tries)
+
+
+def _summary(tries: Sequence[str]) -> str:
+    if len(tries) == 1:
+        return tries[0].removeprefix("try 1: ")
+    return f"{len(tries)} tries: " + "; ".join(tries)
 
 
 @dataclass(frozen=True)
@@ -151,21 +230,33 @@ def store_path(dest: Path) -> Path:
 
 
 def clone(
-    url: str, dest: Path, *, credentials: Path | None = None, timeout_s: float = 600.0
+    url: str,
+    dest: Path,
+    *,
+    credentials: Path | None = None,
+    branch: str | None = None,
+    limits: GitLimits = GitLimits(),
+    tries: list[str] | None = None,
 ) -> Path:
     """Clone `url` into the work tree `dest` and its store entry, atomically; return `dest`.
 
-    The URL is checked by `models.validate_git_url` before anything touches the disk. The clone
-    is killed after `timeout_s` seconds (default 600). `credentials` is the node's
-    git-credential-store file, if any.
+    The URL is checked by `models.validate_git_url` before anything touches the disk. git talks
+    to the remote within `limits` (timeout, stall limits); a failure that can heal (connection
+    refused or reset) is tried again, within `limits.total_s`, and each failed try is appended
+    to `tries` when given. `credentials` is the node's git-credential-store file, if any.
+
+    `branch` is checked out when given; else the remote's HEAD. A remote whose HEAD names no
+    existing branch (dangling) gets its only branch checked out.
 
     Raises:
-        InvalidInput: the URL or `dest`'s name is refused, by our rules or by git.
+        InvalidInput: the URL, `branch` or `dest`'s name is refused, by our rules or by git; or
+            the remote's HEAD is dangling and it has several branches (named in the message).
         AlreadyExists: `dest` exists (update it with `update`, i.e. `--update`).
-        NotFound: there is no repository at the URL.
-        ServiceUnavailable: git could not read the remote, or timed out.
+        NotFound: there is no repository at the URL, or no such branch.
+        GitUnavailable: git could not read the remote, or timed out (a ServiceUnavailable).
     """
     _check_url(url)
+    _check_branch(branch)
     try:
         validate_name(dest.name)
     except ValueError as e:
@@ -177,7 +268,10 @@ def clone(
         raise AlreadyExists(f"{dest} already exists and is not a git clone: move it away first")
     shutil.rmtree(target.git_dir, ignore_errors=True)  # stale: its work tree never arrived
     with _staging(target) as stage:
-        staged = _clone_into(stage, url, credentials, timeout_s, checkout=True)
+        staged = _clone_into(
+            stage, url, credentials, limits, checkout=True, branch=branch, tries=tries
+        )
+        _fix_dangling_head(staged, url, limits.timeout_s)
         _install_store(staged.git_dir, target)
         try:
             staged.work_tree.rename(target.work_tree)
@@ -192,13 +286,15 @@ def update(
     *,
     url: str | None = None,
     credentials: Path | None = None,
-    timeout_s: float = 600.0,
+    limits: GitLimits = GitLimits(),
+    tries: list[str] | None = None,
 ) -> str:
     """Fast-forward the clone at `dest` to its upstream branch; return the new HEAD sha (40 hex).
 
     Works like `git pull --ff-only`: fetch, then merge only when that is a fast-forward, so a
-    refused update leaves the clone as it was. Each git command is killed after `timeout_s`
-    seconds (default 600). `credentials` as for `clone`.
+    refused update leaves the clone as it was. The fetch runs within `limits` and is tried
+    again like a clone's (see `clone`); `credentials` and `tries` as for `clone`. A clone whose
+    HEAD names no branch (cloned from a dangling remote HEAD) gets the remote's only branch.
 
     `url`, when given, must be the clone's `origin`: a directory cloned from elsewhere (another
     dataset's, or a tool's data directory of the same name) is not touched. An old-layout
@@ -209,15 +305,18 @@ def update(
             directory and no `url` is given.
         InvalidInput: not a fast-forward (local commits diverged from the remote), no upstream
             branch, local changes in the way, or git refuses the clone's remote URL.
-        ServiceUnavailable: the remote could not be read, or timed out.
+        GitUnavailable: the remote could not be read, or timed out.
     """
-    target = _open(dest, url, credentials, timeout_s)
+    timeout_s = limits.timeout_s
+    target = _open(dest, url, credentials, limits)
     remote = _origin(target) if target is not None else None
     if target is None or remote is None:
         raise NotFound(f"{dest} is not a git clone with an 'origin' remote: clone it first")
     _check_origin(dest, remote, url)
     fetch = [*target.args(), "fetch", "--quiet", "--no-recurse-submodules"]
-    _remote(fetch, endpoint=remote, credentials=credentials, timeout_s=timeout_s)
+    _remote(fetch, endpoint=remote, credentials=credentials, limits=limits, tries=tries)
+    if _head(target) is None:
+        _fix_dangling_head(target, remote, timeout_s)
     merged = _run([*target.args(), "merge", "--ff-only", "--quiet"], timeout_s=timeout_s)
     if merged.status != 0:
         raise InvalidInput(
@@ -231,13 +330,19 @@ def update(
 
 
 def ensure_clone(
-    url: str, dest: Path, *, credentials: Path | None = None, timeout_s: float = 600.0
+    url: str,
+    dest: Path,
+    *,
+    credentials: Path | None = None,
+    branch: str | None = None,
+    limits: GitLimits = GitLimits(),
+    tries: list[str] | None = None,
 ) -> bool:
     """Clone `url` into `dest` unless `dest` is already a directory; True when it cloned.
 
     An existing directory is reused as it is, never reset or cleaned: tools add files to their
     data directory between runs (design.md §4, prepare). An old-layout directory is migrated
-    from `url`. `credentials` and `timeout_s` as for `clone`.
+    from `url`. `credentials`, `branch`, `limits` and `tries` as for `clone`.
 
     Raises:
         InvalidInput: as `clone`, or `dest` is a clone of another repository (e.g. the tool was
@@ -246,9 +351,9 @@ def ensure_clone(
             file).
     """
     if not dest.is_dir():
-        clone(url, dest, credentials=credentials, timeout_s=timeout_s)
+        clone(url, dest, credentials=credentials, branch=branch, limits=limits, tries=tries)
         return True
-    target = _open(dest, url, credentials, timeout_s)
+    target = _open(dest, url, credentials, limits)
     if target is not None:
         _check_origin(dest, _origin(target), url)
     return False
@@ -268,6 +373,13 @@ def list_local(importdir: Path) -> list[LocalDataset]:
         for entry in sorted(importdir.iterdir())
         if entry.is_dir() and NAME_RE.fullmatch(entry.name)
     ]
+
+
+def head_commit(dest: Path) -> str | None:
+    """The sha (40 hex) of the commit checked out in the clone at `dest`, from its store; None
+    when `dest` is not a clone in the store or has no commit."""
+    target = _Clone.of(dest)
+    return _head(target) if target.git_dir.is_dir() else None
 
 
 def hand_over(path: Path, uid: int, gid: int) -> None:
@@ -304,7 +416,9 @@ def _drop_setid_bits(name: str, dir_fd: int) -> None:
 # ---- clones and the store ---------------------------------------------------------------------
 
 
-def _open(dest: Path, url: str | None, credentials: Path | None, timeout_s: float) -> _Clone | None:
+def _open(
+    dest: Path, url: str | None, credentials: Path | None, limits: GitLimits
+) -> _Clone | None:
     """The clone at `dest` (migrated from `url` if it has the old layout), or None.
 
     Raises:
@@ -320,11 +434,11 @@ def _open(dest: Path, url: str | None, credentials: Path | None, timeout_s: floa
                 f"{dest} keeps its git metadata in {dest / '.git'} (old layout, never read): "
                 "update it from its registered URL (maoctl dataset clone NAME --update) to move it"
             )
-        _migrate(target, url, credentials, timeout_s)
+        _migrate(target, url, credentials, limits)
     return target if target.git_dir.is_dir() else None
 
 
-def _migrate(target: _Clone, url: str, credentials: Path | None, timeout_s: float) -> None:
+def _migrate(target: _Clone, url: str, credentials: Path | None, limits: GitLimits) -> None:
     """Give the old-layout work tree a store entry cloned from `url`, then remove its `.git`.
 
     Raises:
@@ -332,8 +446,9 @@ def _migrate(target: _Clone, url: str, credentials: Path | None, timeout_s: floa
         NotFound, ServiceUnavailable: as `clone`.
     """
     _check_url(url)
+    timeout_s = limits.timeout_s
     with _staging(target) as stage:
-        staged = _clone_into(stage, url, credentials, timeout_s, checkout=False)
+        staged = _clone_into(stage, url, credentials, limits, checkout=False)
         adopted = _Clone(target.work_tree, staged.git_dir)
         # Index := HEAD, work tree untouched; then only the files missing from it are written.
         _adopt(adopted, ["reset", "--quiet"], timeout_s=timeout_s)
@@ -377,22 +492,81 @@ def _staging(target: _Clone) -> Iterator[Path]:
 
 
 def _clone_into(
-    stage: Path, url: str, credentials: Path | None, timeout_s: float, *, checkout: bool
+    stage: Path,
+    url: str,
+    credentials: Path | None,
+    limits: GitLimits,
+    *,
+    checkout: bool,
+    branch: str | None = None,
+    tries: list[str] | None = None,
 ) -> _Clone:
     """Clone `url` into `stage/work` with its git dir in `stage/git`; the work tree keeps no
-    `.git` file. Without `checkout`, the work tree stays empty.
+    `.git` file. Without `checkout`, the work tree stays empty. A try that fails is cleaned up
+    before the next one.
 
     Raises:
-        InvalidInput, NotFound, ServiceUnavailable: as `_remote`.
+        InvalidInput, NotFound, GitUnavailable: as `_remote`.
     """
     staged = _Clone(stage / "work", stage / "git")
     options = ["--quiet", "--no-recurse-submodules", f"--separate-git-dir={staged.git_dir}"]
     if not checkout:
         options.append("--no-checkout")
+    if branch is not None:
+        options += ["--branch", branch]
     args = ["clone", *options, "--", url, str(staged.work_tree)]
-    _remote(args, endpoint=url, credentials=credentials, timeout_s=timeout_s)
+
+    def clean() -> None:
+        shutil.rmtree(staged.work_tree, ignore_errors=True)
+        shutil.rmtree(staged.git_dir, ignore_errors=True)
+
+    _remote(
+        args, endpoint=url, credentials=credentials, limits=limits, tries=tries, before_try=clean
+    )
     (staged.work_tree / ".git").unlink()  # the gitlink file git leaves
     return staged
+
+
+def _remote_branches(target: _Clone) -> list[str]:
+    """The branches of `origin` the clone knows (`refs/remotes/origin/*` but HEAD), sorted."""
+    found = _run(
+        [*target.args(), "for-each-ref", "--format=%(refname:lstrip=3)", "refs/remotes/origin/"]
+    )
+    return sorted(name for name in found.stdout.split() if name != "HEAD")
+
+
+def _fix_dangling_head(target: _Clone, url: str, timeout_s: float) -> None:
+    """When the clone has no commit checked out although `origin` has branches (the remote's
+    HEAD names a branch that does not exist), check out `origin`'s only branch, tracking it.
+
+    A remote without any branch (an empty repository) is left as it is.
+
+    Raises:
+        InvalidInput: `origin` has several branches (they are named: choose one with --branch),
+            or the checkout failed.
+    """
+    if _head(target) is not None:
+        return
+    branches = _remote_branches(target)
+    if not branches:
+        return
+    shown = redact_url(url)
+    if len(branches) > 1:
+        listed = ", ".join(branches[:20]) + (", ..." if len(branches) > 20 else "")
+        raise InvalidInput(
+            f"the HEAD of {shown} names no existing branch and it has {len(branches)} branches "
+            f"({listed}): register it with --branch NAME"
+        )
+    (only,) = branches
+    done = _run(
+        [*target.args(), "checkout", "--quiet", "-B", only, "--track", f"origin/{only}"],
+        timeout_s=timeout_s,
+    )
+    if done.status != 0:
+        raise InvalidInput(
+            f"cannot check out branch {only} of {shown} (its HEAD names no existing branch): "
+            f"{_git_message(done.stderr)}"
+        )
 
 
 def _install_store(git_dir: Path, target: _Clone) -> None:
@@ -499,27 +673,63 @@ def _credential_config(credentials: Path | None) -> list[str]:
 
 
 def _remote(
-    args: Sequence[str], *, endpoint: str, credentials: Path | None, timeout_s: float
+    args: Sequence[str],
+    *,
+    endpoint: str,
+    credentials: Path | None,
+    limits: GitLimits,
+    tries: list[str] | None = None,
+    before_try: Callable[[], None] = lambda: None,
 ) -> str:
-    """Run one hardened git command that talks to `endpoint`; return its stdout.
+    """Run one hardened git command that talks to `endpoint` within `limits`; return its stdout.
 
-    Errors show `endpoint` through `text.redact_url`.
+    A failure that can heal (connection refused or reset) is tried again after
+    `RETRY_WAITS_S`, as long as all tries fit in `limits.total_s` seconds; any other failure
+    (a stall, the timeout, no such repository) ends at once. Each failed try is appended to
+    `tries` ("try N: git's message"); `before_try` runs before each try. Errors show `endpoint`
+    through `text.redact_url`.
 
     Raises:
         InvalidInput: git refused the URL (e.g. a transport that is not allowed).
         NotFound: there is no repository at the URL (not worth a retry).
-        ServiceUnavailable: any other failure (or the timeout), with git's message.
+        GitUnavailable: any other failure (or the timeout), naming each try.
     """
-    done = _run(args, credentials=credentials, timeout_s=timeout_s)
-    if done.status == 0:
-        return done.stdout
-    detail = _git_message(done.stderr)
     shown = redact_url(endpoint)
-    if any(marker in detail for marker in _REFUSED_MARKERS):
-        raise InvalidInput(f"git refused the URL {shown!r}: {detail}")
-    if any(marker in detail for marker in _MISSING_MARKERS):
-        raise NotFound(f"no git repository at {shown}: {detail}")
-    raise ServiceUnavailable("git", shown, detail)
+    deadline = time.monotonic() + limits.total_s
+    failed: list[str] = []
+    for attempt in range(len(RETRY_WAITS_S) + 1):
+        before_try()
+        left_s = min(limits.timeout_s, deadline - time.monotonic())
+        done = _run([*limits.config(), *args], credentials=credentials, timeout_s=left_s)
+        if done.status == 0:
+            return done.stdout
+        detail = _git_message(done.stderr)
+        if any(marker in detail for marker in _REFUSED_MARKERS):
+            raise InvalidInput(f"git refused the URL {shown!r}: {detail}")
+        if any(marker in detail for marker in _MISSING_MARKERS):
+            raise NotFound(f"no git repository at {shown}: {detail}")
+        line = f"try {attempt + 1}: {redact_urls(detail)}"
+        failed.append(line)
+        if tries is not None:
+            tries.append(line)
+        heals = any(marker in detail.lower() for marker in _HEALING_MARKERS)
+        if attempt == len(RETRY_WAITS_S) or not heals:
+            break
+        wait_s = RETRY_WAITS_S[attempt]
+        if time.monotonic() + wait_s >= deadline - 1.0:
+            break
+        time.sleep(wait_s)
+    raise GitUnavailable(shown, failed)
+
+
+def _check_branch(branch: str | None) -> None:
+    """Raise InvalidInput when `branch` is given and `models.validate_branch` refuses it."""
+    if branch is None:
+        return
+    try:
+        validate_branch(branch)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from e
 
 
 def _check_url(url: str) -> None:
@@ -540,7 +750,15 @@ def _check_origin(dest: Path, remote: str | None, url: str | None) -> None:
 
 
 def _git_message(stderr: str) -> str:
-    """git's first `fatal:` line (its reason), else its last line."""
+    """git's first `fatal:` line (its reason), else its last line. When a transport said why
+    before git's own "Could not read from remote repository" (ssh: "Connection timed out during
+    banner exchange", ...), that line comes first: "<why>; fatal: ..."."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    fatal = [line for line in lines if line.startswith("fatal:")]
-    return (fatal or lines or ["no message from git"])[0 if fatal else -1]
+    fatal = [i for i, line in enumerate(lines) if line.startswith("fatal:")]
+    if not fatal:
+        return (lines or ["no message from git"])[-1]
+    first = fatal[0]
+    before = [line for line in lines[:first] if not line.startswith(("hint:", "warning:"))]
+    if "could not read from remote repository" in lines[first].lower() and before:
+        return f"{before[-1]}; {lines[first]}"
+    return lines[first]

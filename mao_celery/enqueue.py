@@ -32,9 +32,10 @@ def lock_ttl_s(conf: Settings) -> float:
     return conf.visibility_timeout_s + conf.run_timeout_s + 300.0
 
 
-def run_chain(app: Celery, report: RunReport) -> Signature:
-    """The chain of tasks that performs the run `report` (queued)."""
-    first, *rest = RUN_STEPS
+def run_chain(app: Celery, report: RunReport, start: str = PREPARE_DATASET) -> Signature:
+    """The chain of tasks that performs the run `report` (queued), or the rest of it from step
+    `start` (one of `RUN_STEPS`) on."""
+    first, *rest = RUN_STEPS[RUN_STEPS.index(start) :]
     state = report.model_dump(mode="json")
     return chain(app.signature(first, args=(state,)), *(app.signature(name) for name in rest))
 

@@ -9,19 +9,11 @@ from datetime import datetime
 
 from mao_celery import __version__
 from mao_celery.models import Member, utcnow
-from mao_celery.node_state import NodeState
+from mao_celery.node_state import LEASE_KEY, STARTED_KEY, NodeState
 from mao_celery.registry import Registry
 
-MEMBER_TTL_S = 30
-"""Time to live of the member record's lease, in seconds; the heartbeat runs every 10 s."""
 
-LEASE_KEY = "member:lease"
-STARTED_KEY = "member:started_at"
-
-
-def heartbeat(
-    registry: Registry, state: NodeState, node_id: str, ttl_s: int = MEMBER_TTL_S
-) -> Member:
+def heartbeat(registry: Registry, state: NodeState, node_id: str, ttl_s: int) -> Member:
     """Write this node's member record with a fresh `last_seen`, keeping its lease alive.
 
     The lease id and the node's start time are kept in the node's state (Redis), so every worker

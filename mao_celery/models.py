@@ -145,6 +145,31 @@ def validate_git_url(value: str) -> str:
     return value
 
 
+def validate_branch(value: str) -> str:
+    """Check a git branch name as `git check-ref-format --branch` would, without running git:
+    1-255 characters, no control character, space, `~^:?*[\\`, `..`, `@{`, no `/`-component
+    starting with `.` or ending with `.lock`, not starting with `-` (an option) nor ending with
+    `/` or `.`, and not `@`.
+
+    Raises:
+        ValueError: not a valid branch name.
+    """
+    bad = (
+        not 0 < len(value) <= 255
+        or value.startswith(("-", "/"))
+        or value.endswith(("/", "."))
+        or value == "@"
+        or ".." in value
+        or "@{" in value
+        or "//" in value
+        or any(ord(c) < 0x20 or c == "\x7f" or c in " ~^:?*[\\" for c in value)
+        or any(part.startswith(".") or part.endswith(".lock") for part in value.split("/"))
+    )
+    if bad:
+        raise ValueError(f"invalid branch name {value!r}: expected e.g. 'main' or 'data/v2'")
+    return value
+
+
 def validate_node_id(value: str) -> str:
     """Check a node id: `[A-Za-z0-9][A-Za-z0-9._-]{0,252}`, a host-name-like word (it becomes
     part of etcd keys and is shown in logs).
@@ -174,6 +199,7 @@ GitUrl = Annotated[str, AfterValidator(validate_git_url)]
 Network = Annotated[str, AfterValidator(validate_network)]
 NodeId = Annotated[str, AfterValidator(validate_node_id)]
 RunId = Annotated[str, AfterValidator(validate_run_id)]
+Branch = Annotated[str, AfterValidator(validate_branch)]
 Text = Annotated[str, Field(max_length=4096)]
 
 
@@ -194,12 +220,14 @@ class Tool(_Model):
     Docker network the tool asks for (None: the node's `MAO_TOOL_NETWORK`, default `none`); the
     node runs it only if its `MAO_TOOL_NETWORKS_ALLOWED` lists it. `read_only_rootfs` False lets
     an image that writes outside its data directory and `/tmp` have a writable root file system.
+    `branch` is the branch of `data_repo` cloned (None: the remote's HEAD).
     """
 
     name: Name
     author: Annotated[str, Field(min_length=1, max_length=256)]
     image: ImageRef
     data_repo: GitUrl
+    branch: Branch | None = None
     code_repo: GitUrl
     artefact: Annotated[str, Field(min_length=1, max_length=256)]
     description: Text = ""
@@ -212,10 +240,11 @@ class Tool(_Model):
 
 
 class Dataset(_Model):
-    """A registered git-hosted dataset."""
+    """A registered git-hosted dataset; `branch` is the one cloned (None: the remote's HEAD)."""
 
     name: Name
     url: GitUrl
+    branch: Branch | None = None
     description: Text = ""
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = ""
@@ -307,13 +336,30 @@ class RunStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.INTERRUPTED})
 
 
+class StepTaker(BaseModel):
+    """The worker process that took a step of a run: the Celery worker's host name (e.g.
+    `celery@host`), the pool process's pid, the task's id and name, and when (UTC). Recovery
+    (recovery.py) resumes the step when that process is no longer alive."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hostname: str
+    pid: int
+    task_id: str
+    step: str
+    taken_at: datetime = Field(default_factory=utcnow)
+
+
 class RunReport(BaseModel):
     """One run's state, handed from task to task along the chain; its final form is the report.
 
     Times are UTC. `timeout_s` is the container's wall-clock limit in seconds; the spike settings
     are the tool's, or the node's defaults, as they were when the run was prepared. `user`
     (numeric `uid:gid`) and `network` (Docker network) are what the container ran as and on,
-    recorded by the run step ("" before it).
+    recorded by the run step ("" before it). `taken_by` is the worker process that took the
+    newest step (see `held_step`). `data_commit` is the commit (40 hex) of the data directory
+    the tool ran on, and `git_tries` one line per failed try of git talking to the data
+    repository's host ("try N: git's message"), both recorded by the prepare step.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -340,6 +386,18 @@ class RunReport(BaseModel):
     spike: SpikeResult | None = None
     notification_key: str | None = None
     error: str | None = None
+    data_commit: str | None = None
+    git_tries: list[str] = []
+    taken_by: StepTaker | None = None
+
+    @property
+    def held_step(self) -> StepTaker | None:
+        """The worker process doing a step of this unfinished run now (it took the step and has
+        not recorded it done), or None."""
+        taker = self.taken_by
+        if taker is None or self.status.terminal or taker.step in self.steps_done:
+            return None
+        return taker
 
     def updated(self, **changes: Any) -> RunReport:
         """A new report: this one with `changes` (field=value), validated like any report.

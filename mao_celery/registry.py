@@ -7,6 +7,7 @@ validated with its model, since another member may have written it with another 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,12 +16,14 @@ from typing import Generic, TypeVar
 import grpc
 import pyetcd
 from pydantic import BaseModel, ValidationError
+from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_errors
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from mao_celery.exceptions import (
     AlreadyExists,
     InvalidInput,
+    MaoError,
     NotFound,
     ServiceUnavailable,
     describe_validation_error,
@@ -36,6 +39,102 @@ _TRANSIENT = (
     etcd_errors.ConnectionTimeoutError,
     etcd_errors.NoServerAvailableError,
 )
+
+
+# gRPC codes etcd answers a request with when it is too large: a value over its request size
+# limit (INVALID_ARGUMENT "request is too large"), a message over gRPC's limit
+# (RESOURCE_EXHAUSTED), a lease TTL over its maximum (OUT_OF_RANGE "too large lease TTL").
+_TOO_LARGE_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+_TOO_LARGE_RE = re.compile(r"too large|larger than max", re.IGNORECASE)
+PROBE_TIMEOUT_S = 2.0
+"""Seconds each member gets to answer the status request that tells "no quorum" from
+"unreachable" after a failed call."""
+
+
+class EtcdUnavailable(ServiceUnavailable):
+    """etcd cannot serve the request: no member answers, or too few to form a quorum.
+
+    The message is one of the two forms every command and the worker show:
+    "etcd unreachable (no member answers) at ENDPOINTS" or
+    "etcd cluster has no quorum (K of N members answer) at ENDPOINTS".
+
+    Args:
+        endpoints: the endpoints tried, comma-separated.
+        answering: how many of them answered a status request.
+        total: how many endpoints there are.
+    """
+
+    def __init__(self, endpoints: str, answering: int, total: int) -> None:
+        if answering == 0:
+            summary = "etcd unreachable (no member answers)"
+        else:
+            summary = f"etcd cluster has no quorum ({answering} of {total} members answer)"
+        MaoError.__init__(self, f"{summary} at {endpoints}")
+        self.service = "etcd"
+        self.endpoint = endpoints
+        self.answering = answering
+        self.total = total
+
+
+@dataclass(frozen=True)
+class MemberProbe:
+    """What one etcd member answered to a status request (Maintenance.Status, which a member
+    serves without quorum): whether it answered and whether it knows a leader."""
+
+    endpoint: str
+    answers: bool
+    has_leader: bool
+
+
+def probe_members(
+    endpoints: Sequence[str], timeout_s: float = PROBE_TIMEOUT_S
+) -> list[MemberProbe]:
+    """Ask each endpoint for its status, each within `timeout_s` seconds (one at a time)."""
+    found: list[MemberProbe] = []
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        client = pyetcd.client(host=host.strip("[]"), port=int(port), timeout=timeout_s)
+        try:
+            status = client.maintenancestub.Status(etcdrpc.StatusRequest(), timeout_s)
+            found.append(MemberProbe(endpoint, True, bool(status.leader)))
+        except grpc.RpcError:
+            found.append(MemberProbe(endpoint, False, False))
+        finally:
+            client.close()
+    return found
+
+
+def classify_failure(
+    endpoints: Sequence[str], probes: Sequence[MemberProbe], detail: str
+) -> ServiceUnavailable:
+    """The error of a call that etcd did not serve, from what its members answered since.
+
+    No member answers: unreachable. Some answer but fewer than a majority of `endpoints`, or
+    none knows a leader: no quorum. Otherwise etcd answers but refused the call: `detail`
+    (e.g. "mvcc: database space exceeded").
+    """
+    shown = ",".join(endpoints)
+    answering = sum(probe.answers for probe in probes)
+    if answering == 0:
+        return EtcdUnavailable(shown, 0, len(endpoints))
+    majority = len(endpoints) // 2 + 1
+    if answering < majority or not any(probe.has_leader for probe in probes):
+        return EtcdUnavailable(shown, answering, len(endpoints))
+    return ServiceUnavailable("etcd", shown, detail)
+
+
+def too_large(endpoints: Sequence[str], detail: str) -> InvalidInput:
+    """The error of a request etcd refused as too large (exit 1: sending it again cannot help)."""
+    return InvalidInput(
+        f"etcd refused the request: request too large ({detail}) at {','.join(endpoints)}; "
+        "make the value or the setting smaller"
+    )
 
 
 @dataclass(frozen=True)
@@ -59,12 +158,13 @@ class Etcd:
     """An etcd v3 client over one or more endpoints, with MAO's error handling.
 
     A call that fails on one endpoint is retried on the next (pyetcd's failover picks another
-    endpoint after a failure; tenacity retries), once per endpoint; when none answers it raises
-    `ServiceUnavailable("etcd", <endpoints>)`.
+    endpoint after a failure; tenacity retries), once per endpoint; then `call` says why (see
+    there): unreachable, no quorum, refused, or too large.
     """
 
     def __init__(self, endpoints: Sequence[str], timeout_s: float) -> None:
         self.endpoints = list(endpoints)
+        self.timeout_s = timeout_s
         self.client = pyetcd.MultiEndpointEtcd3Client(
             endpoints=[self._endpoint(e) for e in self.endpoints],
             timeout=timeout_s,
@@ -79,11 +179,18 @@ class Etcd:
     def call(self, operation: Callable[[pyetcd.MultiEndpointEtcd3Client], T]) -> T:
         """Run `operation(client)`, failing over across endpoints.
 
+        This is the one mapping of etcd and gRPC errors for every registry command, `status`
+        and the worker: after a failed call each member is asked for its status, so that the
+        error says whether no member answers or the cluster has no quorum.
+
         Raises:
-            ServiceUnavailable: no endpoint answered, or etcd refused the request (e.g. its
-                database is full, or authentication is required); the detail says which.
+            EtcdUnavailable: no endpoint answered ("etcd unreachable (no member answers)"), or
+                too few members answer to form a quorum ("etcd cluster has no quorum (k of n
+                members answer)"); both are ServiceUnavailable (exit 3).
+            ServiceUnavailable: etcd answers but refused the request (e.g. its database is full,
+                or authentication is required); the detail says which.
+            InvalidInput: etcd refused the request as too large ("request too large").
         """
-        endpoints = ",".join(self.endpoints)
         failover = Retrying(
             retry=retry_if_exception_type(_TRANSIENT),
             stop=stop_after_attempt(len(self.endpoints)),
@@ -91,11 +198,17 @@ class Etcd:
         )
         try:
             return failover(operation, self.client)
-        except _TRANSIENT as e:
-            raise ServiceUnavailable("etcd", endpoints, type(e).__name__) from e
-        except (etcd_errors.Etcd3Exception, grpc.RpcError) as e:
-            detail = e.details() if isinstance(e, grpc.RpcError) else type(e).__name__
-            raise ServiceUnavailable("etcd", endpoints, str(detail)) from e
+        except grpc.RpcError as e:
+            detail = str(e.details())
+            if e.code() in _TOO_LARGE_CODES and _TOO_LARGE_RE.search(detail):
+                raise too_large(self.endpoints, detail) from e
+            raise self._failure(detail) from e
+        except etcd_errors.Etcd3Exception as e:
+            raise self._failure(type(e).__name__) from e
+
+    def _failure(self, detail: str) -> ServiceUnavailable:
+        probes = probe_members(self.endpoints, min(PROBE_TIMEOUT_S, self.timeout_s))
+        return classify_failure(self.endpoints, probes, detail)
 
     def close(self) -> None:
         """Close the gRPC channels."""

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -25,7 +27,9 @@ if TYPE_CHECKING:
     from mao_celery.datasets import LocalDataset
     from mao_celery.health import Check
     from mao_celery.models import Notification, RunReport
+    from mao_celery.records import InvalidRecord
     from mao_celery.registry import InvalidEntry
+    from mao_celery.schedules import Scheduled, ScheduleInfo
     from mao_celery.settings import Settings
 
 TIME = "%Y-%m-%d %H:%M:%S"
@@ -64,6 +68,17 @@ def warn_invalid(invalid: Iterable[InvalidEntry]) -> None:
     each; the reason never holds a URL's credentials: `exceptions.describe_validation_error`)."""
     for entry in invalid:
         click.echo(f"warning: skipped {printable(entry.reason)}", err=True)
+
+
+def warn_records(invalid: Iterable[InvalidRecord]) -> None:
+    """Tell the user on stderr about node-local records that cannot be read and were skipped,
+    one printable line each naming the key and the command that removes them."""
+    for record in invalid:
+        click.echo(
+            f"warning: skipped invalid state at {printable(record.key)}: "
+            f"{printable(record.reason)} (`maoctl repair` removes it)",
+            err=True,
+        )
 
 
 def plain(value: Any) -> Any:
@@ -138,17 +153,77 @@ MEMBERS = Listing(
     ("node", "host", "version", "started", "last seen"),
     lambda m: (m.node_id, m.hostname, m.version, _time(m.started_at), _time(m.last_seen)),
 )
-SCHEDULES = Listing(
-    "Schedules (times in UTC)",
-    ("tool", "schedule", "next run", "last run", "last result"),
-    lambda i: (
+
+
+def _local(value: Any) -> str:
+    """An aware time in its own zone, with the zone's abbreviation ("2026-03-29 06:00 CEST")."""
+    return "" if value is None else format(value, "%Y-%m-%d %H:%M %Z")
+
+
+def schedule_row(i: ScheduleInfo) -> Sequence[object]:
+    """A schedule as a row of `SCHEDULES`; an invalid entry shows its key and the reason."""
+    if i.state == "invalid":
+        return (i.tool, "invalid", f"{i.key}: {i.error}", "", "", "", "", "")
+    result = i.last_result if i.last_run_id else "never fired"
+    return (
         i.tool,
-        i.schedule,
-        _time(i.next_run_at),
-        _time(i.last_run_at) if i.last_run_at else "never",
-        i.last_result,
-    ),
+        i.state,
+        f"{i.schedule} ({i.explained})",
+        _time(i.next_run_at) if i.next_run_at else "paused",
+        _local(i.next_run_local),
+        _time(i.last_fired_at),
+        i.last_run_id,
+        result,
+    )
+
+
+SCHEDULES = Listing(
+    "Schedules (times in UTC; next local: in the schedule's zone)",
+    ("tool", "state", "schedule", "next run", "next local", "last fire", "last run", "result"),
+    schedule_row,
 )
+
+
+def warn_invalid_schedules(infos: Iterable[ScheduleInfo]) -> None:
+    """Tell the user on stderr about schedule entries that cannot be read (one line each)."""
+    for i in infos:
+        if i.state == "invalid":
+            click.echo(
+                f"warning: invalid schedule entry {printable(i.key)}: {printable(i.error)} "
+                f"(`maoctl schedule remove {printable(i.tool)}` removes it)",
+                err=True,
+            )
+
+
+def scheduled_lines(done: Scheduled) -> list[str]:
+    """What `schedule add` did, for people: the schedule it replaced, the new one and its
+    first fire in UTC and in the schedule's zone."""
+    lines = [] if done.replaced is None else [f"tool {done.tool}: replaced {done.replaced}"]
+    first = f"{_time(done.next_run_at)} UTC ({_local(done.next_run_local)})"
+    lines.append(f"tool {done.tool} scheduled {done.schedule} ({done.explained}); next run {first}")
+    return lines
+
+
+def show_next_fires(info: ScheduleInfo, fires: Sequence[datetime], as_json: bool) -> None:
+    """Print a schedule's next fire times (aware, UTC) in UTC and in its zone, as JSON
+    (`{"tool", "schedule", "tz", "state", "fires": [{"utc", "local"}]}`) or as a table."""
+    zone = ZoneInfo(info.tz or "UTC")
+    pairs = [(fire, fire.astimezone(zone)) for fire in fires]
+    if as_json:
+        print_json(
+            {
+                "tool": info.tool,
+                "schedule": info.schedule,
+                "tz": info.tz,
+                "state": info.state,
+                "fires": [{"utc": u.isoformat(), "local": lt.isoformat()} for u, lt in pairs],
+            }
+        )
+        return
+    title = f"Next fires of {info.tool}: {info.schedule}" + (" (paused)" if not fires else "")
+    print_table(title, ("UTC", f"local ({info.tz})"), ((_time(u), _local(lt)) for u, lt in pairs))
+
+
 LISTINGS = {"tool": TOOLS, "dataset": DATASETS}
 
 
@@ -170,6 +245,22 @@ def show_runs(tool: str, reports: Sequence[RunReport], as_json: bool) -> None:
     """Print the runs of `tool` as JSON or as a table."""
     columns = ("run", "status", "queued", "finished", "exit", "spike", "gain %", "error")
     Listing(f"Runs of {tool}", columns, run_row).show(reports, as_json)
+
+
+def show_repair(invalid: Sequence[InvalidRecord], deleted: bool, as_json: bool) -> None:
+    """Print what `maoctl repair` found (and deleted, when `deleted`) as JSON
+    (`{"invalid": [{"key", "reason"}], "deleted": bool}`) or as lines."""
+    if as_json:
+        print_json({"invalid": [asdict(record) for record in invalid], "deleted": deleted})
+        return
+    if not invalid:
+        click.echo("no invalid record on this node")
+        return
+    echo_lines(f"invalid  {record.key}  {record.reason}" for record in invalid)
+    if deleted:
+        click.echo(f"deleted {len(invalid)} invalid record(s)")
+    else:
+        click.echo(f"{len(invalid)} invalid record(s); `maoctl repair --yes` deletes them")
 
 
 def notification_row(n: Notification) -> Sequence[object]:

@@ -22,13 +22,28 @@ ADOPTION_WAIT_S = 60.0
 
 def prepare(ctx: Node, report: RunReport) -> RunReport:
     """Read the tool from the registry, clone its data repository on first use and hand the data
-    directory to the tool's user."""
+    directory to the tool's user. The report records the commit the tool runs on and each
+    failed try of git; git's own retries are bounded (`datasets.GitLimits`), so a data
+    repository host that cannot be read fails the run at once instead of the step's retries."""
     tool = ctx.registry.tools.get(report.tool)
     conf = ctx.settings
     data_dir = datasets.local_path(conf.importdir, tool.name)
-    datasets.ensure_clone(tool.data_repo, data_dir, credentials=conf.git_credentials_file)
+    tries: list[str] = []
+    try:
+        datasets.ensure_clone(
+            tool.data_repo,
+            data_dir,
+            credentials=conf.git_credentials_file,
+            branch=tool.branch,
+            limits=datasets.GitLimits.from_settings(conf),
+            tries=tries,
+        )
+    except datasets.GitUnavailable as e:
+        return report.updated(git_tries=tries).failed(str(e))
     datasets.hand_over(data_dir, *conf.tool_uid_gid)
     return report.updated(
+        data_commit=datasets.head_commit(data_dir),
+        git_tries=tries,
         started_at=utcnow(),
         timeout_s=conf.run_timeout_s,
         image=tool.image,
@@ -94,10 +109,8 @@ def run(ctx: Node, report: RunReport) -> RunReport:
         exit_code=outcome.exit_code,
         log_tail=outcome.log_tail,
     )
-    if outcome.timed_out:
-        return report.failed(f"timeout: the tool ran longer than {report.timeout_s:g} s, killed")
-    if outcome.exit_code != 0:
-        return report.failed(f"the tool exited with code {outcome.exit_code}")
+    if outcome.failure is not None:  # containers.judge: timeout, memory, signal or exit code
+        return report.failed(outcome.failure)
     return report
 
 

@@ -2,41 +2,67 @@
 tool, and the per-tool lock that allows one run of a tool at a time on a node (design.md §4).
 
 Keys: `mao:run:<run_id>` (the report, JSON), `mao:runs:<tool>` (sorted set of run ids by queue
-time), `mao:lock:<tool>` (the run id holding the tool, with a time to live).
+time), `mao:lock:<tool>` (the run id holding the tool, with a time to live), `mao:resumed:<task
+id>` (a step of a dead worker resumed by recovery.py, kept a day so it is resumed once).
+
+A record that cannot be read (wrong Redis type, not JSON, not a valid report) is skipped with a
+warning by listings and sweeps (`InvalidRecord`) and is `InvalidState` (naming its key) for a
+command that needs it; `forget` and `maoctl repair` remove it.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar, cast
 
 import redis
 from pydantic import ValidationError
 
-from mao_celery.exceptions import (
-    AlreadyRunning,
-    InvalidInput,
-    NotFound,
-    describe_validation_error,
-)
+from mao_celery.exceptions import AlreadyRunning, InvalidInput, InvalidState, NotFound
+from mao_celery.exceptions import describe_validation_error as describe
 from mao_celery.models import TERMINAL_STATUSES, RunReport
+from mao_celery.records import NONE, STRING, ZSET, InvalidRecord, checked_call, wrong_type
 from mao_celery.redis_calls import redis_call, redis_client
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 RUN_KEY = "mao:run:"
+RUNS_KEY = "mao:runs:"
+LOCK_KEY = "mao:lock:"
+RESUMED_KEY = "mao:resumed:"
 
 # Take the tool's lock for a new run and record the run, atomically. The lock is taken when it is
-# free, already held by this run, or held by a run that has ended or left no record (stale).
+# free, already held by this run, or held by a run that has ended or left no record (stale). A
+# lock, holder's record or index that cannot be read is returned as {'invalid', key, reason}.
 _TERMINAL_LUA = ", ".join(f"{status}=true" for status in sorted(TERMINAL_STATUSES))
 _ACQUIRE = f"""
 local terminal = {{{_TERMINAL_LUA}}}
+local function kind(key) return redis.call('TYPE', key)['ok'] end
+local function invalid(key, reason) return {{'invalid', key, reason}} end
+for i, want in ipairs({{'string', 'string', 'zset'}}) do
+  local found = kind(KEYS[i])
+  if found ~= 'none' and found ~= want then
+    return invalid(KEYS[i], 'a Redis ' .. found .. ' where a ' .. want .. ' belongs')
+  end
+end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
-  local raw = redis.call('GET', '{RUN_KEY}' .. holder)
-  if raw and not terminal[cjson.decode(raw)['status']] then
-    return holder
+  local record = '{RUN_KEY}' .. holder
+  local found = kind(record)
+  if found ~= 'none' then
+    local ok, run = false, nil
+    if found == 'string' then ok, run = pcall(cjson.decode, redis.call('GET', record)) end
+    if not ok or type(run) ~= 'table' or type(run['status']) ~= 'string' then
+      return invalid(KEYS[1], 'held by run ' .. holder .. ', whose record ' .. record ..
+        ' cannot be read (maoctl repair, or maoctl run forget ' .. holder .. ')')
+    end
+    if not terminal[run['status']] then
+      return holder
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
@@ -74,8 +100,14 @@ class RunStore:
         """A store on the Redis at `url` (no network call is made yet)."""
         return cls(redis_client(url), url, history)
 
-    def _call(self, operation: Callable[[], T]) -> T:
-        return redis_call(self._url, operation)
+    def _call(self, operation: Callable[[], T], expected: Mapping[str, str] | None = None) -> T:
+        """`operation()`, the keys of `expected` having to be of those Redis types.
+
+        Raises:
+            InvalidState: a key of `expected` has another type.
+            ServiceUnavailable: Redis did not answer.
+        """
+        return checked_call(self._redis, self._url, operation, expected or {})
 
     def begin(self, report: RunReport, lock_ttl_s: float) -> None:
         """Record a new queued run and take its tool's lock for at most `lock_ttl_s` seconds.
@@ -85,9 +117,11 @@ class RunStore:
 
         Raises:
             AlreadyRunning: another run of the tool holds the lock; nothing was recorded.
+            InvalidState: the lock, the record of the run holding it, or the tool's run index
+                cannot be read (the key is named); nothing was recorded.
             ServiceUnavailable: Redis did not answer.
         """
-        holder = self._call(
+        answer = self._call(
             lambda: self._acquire(
                 keys=[_lock_key(report.tool), RUN_KEY + report.run_id, _runs_key(report.tool)],
                 args=[
@@ -98,14 +132,18 @@ class RunStore:
                 ],
             )
         )
-        if holder:
-            raise AlreadyRunning(report.tool, str(holder))
+        if isinstance(answer, list):
+            _, key, reason = answer
+            raise InvalidState(str(key), str(reason))
+        if answer:
+            raise AlreadyRunning(report.tool, str(answer))
 
     def save(self, report: RunReport) -> None:
         """Store the current state of a run; a finished run releases its tool's lock and the
         tool's history is cut to the newest `history` runs.
 
         Raises:
+            InvalidState: the tool's lock or run index is of the wrong Redis type.
             ServiceUnavailable: Redis did not answer.
         """
 
@@ -115,7 +153,7 @@ class RunStore:
                 self._release(keys=[_lock_key(report.tool)], args=[report.run_id])
                 self._trim(report.tool)
 
-        self._call(write)
+        self._call(write, {_lock_key(report.tool): STRING, _runs_key(report.tool): ZSET})
 
     def _trim(self, tool: str) -> None:
         runs_key = _runs_key(tool)
@@ -126,39 +164,70 @@ class RunStore:
             pipe.delete(*(RUN_KEY + run_id for run_id in old))
             pipe.execute()
 
-    def fail_lost(self, older_than_s: float) -> list[str]:
-        """Mark failed ("lost") every run queued more than `older_than_s` seconds ago that has
-        not ended: its worker and its task were both lost, so nothing else will end it. Saving
-        it releases its tool's lock. Returns the run ids.
+    def unfinished(self) -> tuple[list[RunReport], list[InvalidRecord]]:
+        """Every run of this node's run indexes that has not ended, and the records (indexes,
+        run records) that could not be read on the way.
 
         Raises:
-            InvalidInput: a stored record is invalid.
             ServiceUnavailable: Redis did not answer.
         """
-        cutoff_ts = time.time() - older_than_s
 
-        def read() -> list[str | None]:
-            run_ids = [
-                run_id
-                for key in self._redis.scan_iter(match=_runs_key("*"))
-                for run_id in cast(list[str], self._redis.zrangebyscore(key, 0, cutoff_ts))
-            ]
-            if not run_ids:
-                return []
-            return cast(list[str | None], self._redis.mget([RUN_KEY + r for r in run_ids]))
+        def indexes() -> list[tuple[str, str]]:
+            keys = cast(list[str], list(self._redis.scan_iter(match=RUNS_KEY + "*")))
+            return [(key, str(self._redis.type(key))) for key in keys]
 
-        reports = [_parse("a tool", raw) for raw in self._call(read) if raw]
-        lost = [report for report in reports if report.status not in TERMINAL_STATUSES]
-        reason = f"lost: not finished {older_than_s:g} s after it was queued (worker and task lost)"
-        for report in lost:
-            self.save(report.failed(reason))
-        return [report.run_id for report in lost]
+        run_ids: list[str] = []
+        invalid: list[InvalidRecord] = []
+        for key, kind in redis_call(self._url, indexes):
+            if kind == ZSET:
+                run_ids += redis_call(self._url, functools.partial(self._members, key))
+            elif kind != NONE:
+                invalid.append(wrong_type(key, kind, ZSET))
+        reports, unreadable = self._read(run_ids)
+        unfinished = [report for report in reports if not report.status.terminal]
+        return unfinished, invalid + unreadable
+
+    def _members(self, index: str) -> list[str]:
+        return cast(list[str], self._redis.zrange(index, 0, -1))
+
+    def _read(self, run_ids: list[str]) -> tuple[list[RunReport], list[InvalidRecord]]:
+        """The reports of `run_ids` that can be read (in that order, missing ones left out) and
+        the records that cannot.
+
+        Raises:
+            ServiceUnavailable: Redis did not answer.
+        """
+        if not run_ids:
+            return [], []
+        keys = [RUN_KEY + run_id for run_id in run_ids]
+        raws = redis_call(self._url, lambda: cast(list[str | None], self._redis.mget(keys)))
+        reports: list[RunReport] = []
+        invalid: list[InvalidRecord] = []
+        for key, raw in zip(keys, raws, strict=True):
+            found = self._parse_or_invalid(key, raw)
+            if isinstance(found, RunReport):
+                reports.append(found)
+            elif found is not None:
+                invalid.append(found)
+        return reports, invalid
+
+    def _parse_or_invalid(self, key: str, raw: str | None) -> RunReport | InvalidRecord | None:
+        """The report stored at `key` (MGET's answer `raw`), why it cannot be read, or None
+        when there is no record (MGET answers None for a key of another type too)."""
+        if raw is not None:
+            try:
+                return parse_report(key, raw)
+            except InvalidState as e:
+                return InvalidRecord(e.key, e.reason)
+        kind = redis_call(self._url, lambda: str(self._redis.type(key)))
+        return None if kind == NONE else wrong_type(key, kind, STRING)
 
     def get(self, run_id: str) -> RunReport:
         """The report of run `run_id`.
 
         Raises:
             NotFound: no such run on this node (or it was cut from the history).
+            InvalidState: the stored record cannot be read.
             ServiceUnavailable: Redis did not answer.
         """
         report = self.find(run_id)
@@ -170,34 +239,112 @@ class RunStore:
         """The report of run `run_id`, or None when there is none.
 
         Raises:
-            InvalidInput: the stored record is invalid.
+            InvalidState: the stored record cannot be read (wrong type, not JSON, not valid).
             ServiceUnavailable: Redis did not answer.
         """
-        raw = self._call(lambda: cast(str | None, self._redis.get(RUN_KEY + run_id)))
-        return None if raw is None else _parse(run_id, raw)
+        key = RUN_KEY + run_id
+        raw = self._call(lambda: cast(str | None, self._redis.get(key)), {key: STRING})
+        return None if raw is None else parse_report(key, raw)
 
-    def recent(self, tool: str, limit: int = 20) -> list[RunReport]:
-        """The newest `limit` runs of `tool`, newest first.
+    def recent_checked(
+        self, tool: str, limit: int = 20
+    ) -> tuple[list[RunReport], list[InvalidRecord]]:
+        """The newest `limit` runs of `tool`, newest first, and the records among them that
+        cannot be read (left out of the runs).
 
         Raises:
+            InvalidState: the tool's run index is not a sorted set.
             ServiceUnavailable: Redis did not answer.
         """
+        index = _runs_key(tool)
+        run_ids = self._call(
+            lambda: cast(list[str], self._redis.zrevrange(index, 0, limit - 1)), {index: ZSET}
+        )
+        return self._read(run_ids)
 
-        def read() -> list[str | None]:
-            run_ids = cast(list[str], self._redis.zrevrange(_runs_key(tool), 0, limit - 1))
-            if not run_ids:
-                return []
-            return cast(list[str | None], self._redis.mget([RUN_KEY + r for r in run_ids]))
+    def recent(self, tool: str, limit: int = 20) -> list[RunReport]:
+        """The newest `limit` runs of `tool` that can be read, newest first; a record that
+        cannot be read is logged (one warning naming its key) and left out.
 
-        return [_parse(tool, raw) for raw in self._call(read) if raw]
+        Raises:
+            InvalidState: the tool's run index is not a sorted set.
+            ServiceUnavailable: Redis did not answer.
+        """
+        reports, invalid = self.recent_checked(tool, limit)
+        log_invalid(invalid)
+        return reports
 
     def holder(self, tool: str) -> str | None:
         """The run id holding `tool`'s lock, if any.
 
         Raises:
+            InvalidState: the lock is not a string.
             ServiceUnavailable: Redis did not answer.
         """
-        return self._call(lambda: cast(str | None, self._redis.get(_lock_key(tool))))
+        key = _lock_key(tool)
+        return self._call(lambda: cast(str | None, self._redis.get(key)), {key: STRING})
+
+    def claim_resume(self, task_id: str, run_id: str, ttl_s: float = 86400.0) -> bool:
+        """Claim the resumption of the step that task `task_id` of run `run_id` was doing; True
+        for the first claim of that task (for `ttl_s` seconds, default a day), False after.
+
+        Raises:
+            ServiceUnavailable: Redis did not answer.
+        """
+        key = RESUMED_KEY + task_id
+        claimed = self._call(lambda: self._redis.set(key, run_id, nx=True, px=int(ttl_s * 1000)))
+        return bool(claimed)
+
+    def was_resumed(self, task_id: str) -> bool:
+        """Whether recovery resumed the step of task `task_id` under another task.
+
+        Raises:
+            ServiceUnavailable: Redis did not answer.
+        """
+        return bool(self._call(lambda: self._redis.exists(RESUMED_KEY + task_id)))
+
+    def unclaim_resume(self, task_id: str) -> None:
+        """Undo `claim_resume` of task `task_id` (its step could not be sent again).
+
+        Raises:
+            ServiceUnavailable: Redis did not answer.
+        """
+        self._call(lambda: self._redis.delete(RESUMED_KEY + task_id))
+
+    def forget(self, run_id: str) -> list[str]:
+        """Remove run `run_id`'s record (readable or not) and its entries in the run indexes,
+        and free the lock it holds. Returns the keys deleted or changed.
+
+        Raises:
+            NotFound: nothing of the run is stored.
+            InvalidInput: the run has not ended (its worker or recovery will end it).
+            ServiceUnavailable: Redis did not answer.
+        """
+        try:
+            report = self.find(run_id)
+        except InvalidState:
+            report = None
+        if report is not None and not report.status.terminal:
+            raise InvalidInput(
+                f"run {run_id} has not ended ({report.status}); a worker or the node's recovery "
+                "ends it (see `maoctl run show`)"
+            )
+        changed = self._call(lambda: self._forget(run_id))
+        if not changed:
+            raise NotFound(f"run {run_id!r} is not known on this node")
+        return changed
+
+    def _forget(self, run_id: str) -> list[str]:
+        changed: list[str] = []
+        for index in cast(list[str], list(self._redis.scan_iter(match=RUNS_KEY + "*"))):
+            if self._redis.type(index) == ZSET and self._redis.zrem(index, run_id):
+                changed.append(index)
+        for lock in cast(list[str], list(self._redis.scan_iter(match=LOCK_KEY + "*"))):
+            if self._redis.type(lock) == STRING and self._release(keys=[lock], args=[run_id]):
+                changed.append(lock)
+        if self._redis.delete(RUN_KEY + run_id):
+            changed.append(RUN_KEY + run_id)
+        return changed
 
     def wait(
         self, run_id: str, until: Callable[[RunReport], bool], timeout_s: float, poll_s: float = 0.5
@@ -207,6 +354,7 @@ class RunStore:
 
         Raises:
             NotFound: no such run.
+            InvalidState: its record cannot be read.
             ServiceUnavailable: Redis did not answer.
         """
         deadline = time.monotonic() + timeout_s
@@ -221,17 +369,31 @@ class RunStore:
         self._redis.close()
 
 
-def _parse(what: str, raw: str) -> RunReport:
+def parse_report(key: str, raw: str) -> RunReport:
+    """The run report stored at `key` (`mao:run:<run_id>`) as JSON text `raw`.
+
+    Raises:
+        InvalidState: `raw` is not a valid report (another version?), or its run id is not the
+            key's.
+    """
     try:
-        return RunReport.model_validate_json(raw)
+        report = RunReport.model_validate_json(raw)
     except ValidationError as e:
-        reason = describe_validation_error(e)
-        raise InvalidInput(f"run record of {what} is invalid (another version?): {reason}") from e
+        raise InvalidState(key, f"not a valid run record (another version?): {describe(e)}") from e
+    if RUN_KEY + report.run_id != key:
+        raise InvalidState(key, f"the record is of run {report.run_id!r}, not of its key")
+    return report
+
+
+def log_invalid(invalid: Iterable[InvalidRecord]) -> None:
+    """Log one warning per record that cannot be read, naming its key."""
+    for record in invalid:
+        log.warning("skipped invalid state at %s: %s", record.key, record.reason)
 
 
 def _lock_key(tool: str) -> str:
-    return f"mao:lock:{tool}"
+    return LOCK_KEY + tool
 
 
 def _runs_key(tool: str) -> str:
-    return f"mao:runs:{tool}"
+    return RUNS_KEY + tool

@@ -12,12 +12,13 @@ import configparser
 import os
 import re
 import socket
+import threading
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -33,8 +34,24 @@ DEFAULT_IMPORTDIR = Path.home() / ".local" / "share" / "mao" / "importdir"
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 # A host name, IPv4 address or bracketed IPv6 address: no user info ("@") nor path.
 ETCD_HOST_RE = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+BEAT_MAX_LOOP_INTERVAL_S = 5
+"""Seconds between two beat ticks at most: the beat lock's timeout must be longer."""
 # MAO_TOOL_USER: numeric uid:gid (names would need the image's /etc/passwd).
 TOOL_USER_RE = re.compile(r"(?P<uid>[0-9]{1,10}):(?P<gid>[0-9]{1,10})")
+
+# Limits of the services the settings end up in.
+MAX_WAIT_S = threading.TIMEOUT_MAX / 8
+"""Longest run timeout or visibility timeout, in seconds (about 36 years): the worker waits on
+them with Python's timeouts (`threading.TIMEOUT_MAX`, about 292 years) and adds a few of them
+together (a tool lock lives visibility timeout + run timeout + 5 min), so a sum stays below."""
+ETCD_MAX_LEASE_TTL_S = 9_000_000_000
+"""etcd's largest lease TTL in seconds (`lease.MaxLeaseTTL`); a longer one is refused by etcd."""
+DOCKER_MIN_MEMORY_BYTES = 16 << 20
+"""Smallest memory limit we accept, in bytes (Docker's own minimum is 6 MiB; a tool needs more)."""
+DOCKER_MAX_MEMORY_BYTES = (1 << 63) - 1
+"""Docker keeps the memory limit as a signed 64-bit number of bytes."""
+DOCKER_MIN_CPUS = 0.01
+"""Docker's smallest CPU limit (`--cpus`); its largest is the number of CPUs of the host."""
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -47,6 +64,11 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InvalidInput(f"config file {path} cannot be read: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise InvalidInput(
+            f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start}): save it as UTF-8"
+        ) from e
     if path.suffix == ".toml":
         try:
             return tomllib.loads(text)
@@ -85,27 +107,37 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
 class Settings(BaseSettings):
     """Everything a node is configured with. Times are in seconds, sizes in bytes."""
 
-    model_config = SettingsConfigDict(env_prefix="MAO_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="MAO_", extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
     config: Path | None = None
     etcd_endpoints: Annotated[list[str], NoDecode] = ["127.0.0.1:2379"]
     etcd_prefix: str = "/mao/"
-    etcd_timeout_s: float = Field(default=5.0, gt=0)
+    etcd_timeout_s: float = Field(default=5.0, gt=0, le=3600)
     redis_url: str = "redis://127.0.0.1:6379/0"
     importdir: Path = DEFAULT_IMPORTDIR
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
     spike_window: int = Field(default=2, ge=1, le=1000)
     spike_threshold_pct: float = Field(default=20.0, gt=0)
-    run_timeout_s: float = Field(default=3600.0, gt=0)
-    run_memory_bytes: int = Field(default=1 << 30, ge=16 << 20)
-    run_cpus: float | None = Field(default=None, gt=0)
+    run_timeout_s: float = Field(default=3600.0, gt=0, le=MAX_WAIT_S)
+    run_memory_bytes: int = Field(
+        default=1 << 30, ge=DOCKER_MIN_MEMORY_BYTES, le=DOCKER_MAX_MEMORY_BYTES
+    )
+    run_cpus: float | None = Field(default=None, ge=DOCKER_MIN_CPUS)
     tool_user: str = "10001:10001"
     tool_network: str = "none"
     tool_networks_allowed: Annotated[list[str], NoDecode] = ["none"]
     git_credentials_file: Path | None = None
-    run_history: int = Field(default=50, ge=1)
-    notification_retention_s: int = Field(default=30 * 24 * 3600, ge=60)
-    broker_visibility_timeout_s: float | None = Field(default=None, gt=0)
+    git_timeout_s: float = Field(default=300.0, gt=0, le=24 * 3600)
+    git_low_speed_limit_bps: int = Field(default=1000, ge=1, le=1 << 40)
+    git_low_speed_time_s: int = Field(default=30, ge=1, le=3600)
+    run_history: int = Field(default=50, ge=1, le=100_000)
+    notification_retention_s: int = Field(default=30 * 24 * 3600, ge=60, le=ETCD_MAX_LEASE_TTL_S)
+    broker_visibility_timeout_s: float | None = Field(default=None, gt=0, le=MAX_WAIT_S)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    member_ttl_s: int = Field(default=30, ge=2, le=ETCD_MAX_LEASE_TTL_S)
+    beat_lock_timeout_s: int = Field(default=30, gt=BEAT_MAX_LOOP_INTERVAL_S, le=3600)
 
     @field_validator("etcd_endpoints", "tool_networks_allowed", mode="before")
     @classmethod
@@ -120,6 +152,12 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one etcd endpoint (host:port) is needed")
         for endpoint in value:
+            scheme, has_scheme, rest = endpoint.partition("://")
+            if has_scheme and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+                raise ValueError(
+                    f"etcd endpoint {redact_url(endpoint)!r} has a scheme: drop the scheme "
+                    f"({scheme}://), e.g. {redact_url(rest.rstrip('/'))}"
+                )
             host, sep, port = endpoint.rpartition(":")
             if not (
                 sep
@@ -145,6 +183,17 @@ class Settings(BaseSettings):
             port = 0
         if port == 0:
             raise ValueError(f"{redact_url(value)!r}: the port must be 1-65535")
+        return value
+
+    @field_validator("run_cpus")
+    @classmethod
+    def _check_cpus(cls, value: float | None) -> float | None:
+        available = os.cpu_count() or 1
+        if value is not None and value > available:
+            raise ValueError(
+                f"{value:g} CPUs asked, this host has {available}: Docker accepts "
+                f"{DOCKER_MIN_CPUS}-{available}"
+            )
         return value
 
     @field_validator("tool_user")
@@ -181,6 +230,15 @@ class Settings(BaseSettings):
         if not value.startswith("/") or not value.endswith("/"):
             raise ValueError(f"etcd prefix {value!r} must start and end with '/'")
         return value
+
+    @model_validator(mode="after")
+    def _check_member_ttl(self) -> Settings:
+        if self.member_ttl_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"member_ttl_s {self.member_ttl_s} must be longer than heartbeat_interval_s "
+                f"{self.heartbeat_interval_s:g}, or a live node drops out of the members"
+            )
+        return self
 
     @property
     def visibility_timeout_s(self) -> float:

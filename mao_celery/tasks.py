@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 from celery.utils.time import get_exponential_backoff_interval
 
 from mao_celery import run_steps
@@ -31,7 +33,7 @@ from mao_celery.enqueue import (
     RUN_CONTAINER,
 )
 from mao_celery.exceptions import MaoError, ServiceUnavailable
-from mao_celery.models import TERMINAL_STATUSES, RunReport, RunStatus
+from mao_celery.models import TERMINAL_STATUSES, RunReport, RunStatus, StepTaker
 from mao_celery.node import Node
 from mao_celery.settings import load_settings
 
@@ -57,12 +59,26 @@ def node() -> Node:
 
 # ---- the steps -------------------------------------------------------------------------------
 
+
+def taker(task: Task) -> StepTaker:
+    """The worker process running `task` now: its worker's host name, its pid, the task."""
+    return StepTaker(
+        hostname=str(task.request.hostname),
+        pid=os.getpid(),
+        task_id=task.request.id,
+        step=task.name,
+    )
+
+
 Work = Callable[[Node, RunReport], RunReport]
 
 
 def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> dict[str, Any]:
     """Run one step of a run: skip it when the run has failed or the step is already done,
-    record the new status, do `work`, record the result.
+    record the new status and the worker process taking the step (recovery.py resumes the step
+    if that process dies), do `work`, record the result. A task whose step recovery has resumed
+    under another task (its message delivered again: a late redelivery, or a requeue after its
+    pool process died) is ignored (`celery.exceptions.Ignore`: acknowledged, its chain ends).
 
     A service that does not answer is retried (Celery retry, 2, 4, 8, ... s apart) up to
     `STEP_RETRIES` times (the steps' `max_retries`), then fails the run; any other error fails
@@ -76,7 +92,10 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
         stored = ctx.runs.get(report.run_id)
         if task.name in stored.steps_done or stored.status in TERMINAL_STATUSES:
             return stored.model_dump(mode="json")
-        report = report.updated(status=status)
+        if ctx.runs.was_resumed(task.request.id):
+            log.warning("run %s: %s was resumed by another task; ignored", report.run_id, task.name)
+            raise Ignore()  # the resumed task's chain carries the run on; this one ends here
+        report = report.updated(status=status, taken_by=taker(task))
         ctx.runs.save(report)
         report = work(ctx, report)
     except ServiceUnavailable as e:
@@ -88,6 +107,8 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
         report = report.failed(str(e))
     except MaoError as e:
         report = report.failed(str(e))
+    except Ignore:
+        raise
     except Exception as e:
         log.exception("run %s: step %s crashed", report.run_id, task.name)
         report = report.failed(f"internal error in {task.name}: {type(e).__name__}: {e}")

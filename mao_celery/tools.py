@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,9 +21,10 @@ from mao_celery.exceptions import NotFound
 if TYPE_CHECKING:
     from mao_celery.models import Dataset, RunReport, Tool
     from mao_celery.node import Node
+    from mao_celery.records import InvalidRecord
     from mao_celery.registry import Collection
     from mao_celery.runs import RunStore
-    from mao_celery.schedules import ScheduleInfo
+    from mao_celery.schedules import Scheduled, ScheduleInfo
 
 Kind = Literal["tool", "dataset"]
 WAIT_STEP_S = 1.0
@@ -52,17 +52,18 @@ def register(node: Node, kind: Kind, **fields: Any) -> Tool | Dataset:
     return item
 
 
-def remove(node: Node, kind: Kind, name: str) -> None:
-    """Remove entry `name` of `kind` from the registry, and a tool's schedule on this node (a
-    local data directory or clone is kept; a run under way goes on).
+def remove(node: Node, kind: Kind, name: str) -> bool:
+    """Remove entry `name` of `kind` from the registry; a tool's schedule on this node (valid or
+    not) is removed first, so no schedule outlives its tool. A local data directory or clone is
+    kept; a run under way goes on. Returns True when a schedule was removed.
 
     Raises:
-        NotFound: no such entry.
+        NotFound: no such entry (its schedule, if any, was removed all the same).
         ServiceUnavailable: etcd or Redis did not answer.
     """
+    unscheduled = kind == "tool" and unschedule(node, name)
     collection(node, kind).remove(name)
-    if kind == "tool":
-        unschedule(node, name)
+    return unscheduled
 
 
 def unschedule(node: Node, name: str) -> bool:
@@ -101,10 +102,11 @@ def clone_dataset(
     conf = node.settings
     dest = datasets.local_path(conf.importdir, name)
     item = node.registry.datasets.get(name)
+    credentials, limits = conf.git_credentials_file, datasets.GitLimits.from_settings(conf)
     if update:
-        return dest, datasets.update(dest, url=item.url, credentials=conf.git_credentials_file)
+        return dest, datasets.update(dest, url=item.url, credentials=credentials, limits=limits)
     before_clone(item.url, dest)
-    datasets.clone(item.url, dest, credentials=conf.git_credentials_file)
+    datasets.clone(item.url, dest, credentials=credentials, branch=item.branch, limits=limits)
     return dest, None
 
 
@@ -148,13 +150,15 @@ def _other_status(report: RunReport) -> Callable[[RunReport], bool]:
     return lambda newer: newer.status != report.status
 
 
-def recent_runs(node: Node, name: str, limit: int) -> list[RunReport]:
-    """The `limit` newest runs of tool `name` on this node, newest first.
+def recent_runs(node: Node, name: str, limit: int) -> tuple[list[RunReport], list[InvalidRecord]]:
+    """The `limit` newest runs of tool `name` on this node, newest first, and the records among
+    them that cannot be read (left out).
 
     Raises:
+        InvalidState: the tool's run index cannot be read.
         ServiceUnavailable: Redis did not answer.
     """
-    return node.runs.recent(name, limit)
+    return node.runs.recent_checked(name, limit)
 
 
 def get_run(node: Node, run_id: str) -> RunReport:
@@ -167,16 +171,38 @@ def get_run(node: Node, run_id: str) -> RunReport:
     return node.runs.get(run_id)
 
 
+def forget_run(node: Node, run_id: str) -> list[str]:
+    """Remove run `run_id`'s record (readable or not) from this node and free the tool lock it
+    holds; returns the keys deleted or changed.
+
+    Raises:
+        NotFound: no such run.
+        InvalidInput: the run has not ended.
+        ServiceUnavailable: Redis did not answer.
+    """
+    return node.runs.forget(run_id)
+
+
+def repair(node: Node, delete: bool) -> list[InvalidRecord]:
+    """The node-local records that cannot be read (run records and indexes, locks, node state;
+    see repair.py), deleted when `delete`.
+
+    Raises:
+        ServiceUnavailable: Redis did not answer.
+    """
+    from mao_celery import repair as records
+    from mao_celery.redis_calls import redis_client
+
+    client = redis_client(node.settings.redis_url)
+    try:
+        if delete:
+            return records.delete_invalid(client, node.settings.redis_url, node.runs)
+        return records.find_invalid(client, node.settings.redis_url)
+    finally:
+        client.close()
+
+
 # ---- schedules -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Scheduled:
-    """What `schedule` did: the schedule for people, the one it replaced, when it next runs."""
-
-    description: str
-    replaced: str | None
-    next_run_at: datetime
 
 
 def schedule(node: Node, name: str, **options: Any) -> Scheduled:
@@ -193,26 +219,47 @@ def schedule(node: Node, name: str, **options: Any) -> Scheduled:
 
     spec = build_spec(ScheduleRequest(**options))
     node.registry.tools.get(name)
-    done = node.schedules.add(name, spec)
-    return Scheduled(spec.description, done.replaced, done.next_run_at)
+    return node.schedules.add(name, spec)
 
 
 def list_schedules(node: Node) -> list[ScheduleInfo]:
-    """This node's tool schedules, by tool name, with each tool's newest run.
+    """This node's tool schedules, by tool name, invalid entries included, each with its newest
+    fire and that fire's run.
 
     Raises:
         ServiceUnavailable: Redis did not answer.
     """
-
     return node.schedules.list_all(node.runs)
 
 
+def pause_schedule(node: Node, name: str, paused: bool) -> ScheduleInfo:
+    """Pause tool `name`'s schedule on this node, or resume it (`paused` False: from its next
+    fire time; missed fires are not made up).
+
+    Raises:
+        NotFound: the tool has no schedule here.
+        InvalidState: its entry cannot be read (remove it).
+        ServiceUnavailable: Redis did not answer.
+    """
+    return node.schedules.set_paused(name, paused)
+
+
+def next_fires(node: Node, name: str, count: int) -> tuple[ScheduleInfo, list[datetime]]:
+    """Tool `name`'s schedule and its next `count` fire times (UTC; none while paused).
+
+    Raises:
+        NotFound: the tool has no schedule here.
+        InvalidState: its entry cannot be read (remove it).
+        ServiceUnavailable: Redis did not answer.
+    """
+    return node.schedules.upcoming(name, count)
+
+
 def remove_schedule(node: Node, name: str) -> None:
-    """Delete tool `name`'s schedule on this node; a run under way goes on.
+    """Delete tool `name`'s schedule on this node, valid or not; a run under way goes on.
 
     Raises:
         NotFound: the tool has no schedule here.
         ServiceUnavailable: Redis did not answer.
     """
-
     node.schedules.remove(name)

@@ -101,6 +101,24 @@ def run_containers(docker_client: docker.DockerClient, run_id: str) -> list[str]
     ]
 
 
+def containers_created(
+    docker_client: docker.DockerClient, label: str, since_s: int
+) -> list[object]:
+    """The daemon's "create" events of containers labelled `label` (`key=value`) from `since_s`
+    (Unix time, s) to now.
+
+    Docker's event times are whole seconds: the window ends one second ahead (the call returns
+    then) so that an event of the current second is not missed.
+    """
+    events = docker_client.events(
+        since=since_s - 1,
+        until=int(time.time()) + 1,
+        filters={"type": "container", "event": "create", "label": label},
+        decode=True,
+    )
+    return list(events)
+
+
 class Script:
     """`worker.sh ROLE` running in a process group of its own, its output in `log_path`."""
 

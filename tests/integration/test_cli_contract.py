@@ -32,11 +32,11 @@ pytestmark = pytest.mark.integration
 
 Maoctl = Callable[..., Result]
 TOOL_KEYS = {
-    "name", "author", "image", "data_repo", "code_repo", "artefact", "description",
+    "name", "author", "image", "data_repo", "branch", "code_repo", "artefact", "description",
     "spike_window", "spike_threshold_pct", "network", "read_only_rootfs", "created_at",
     "created_by",
 }  # fmt: skip
-DATASET_KEYS = {"name", "url", "description", "created_at", "created_by"}
+DATASET_KEYS = {"name", "url", "branch", "description", "created_at", "created_by"}
 
 
 @pytest.fixture
@@ -84,6 +84,7 @@ def test_a_tool_is_shown_as_json_and_a_missing_one_is_not_found(maoctl: Maoctl) 
         "author": "tester",
         "image": "mao-demo:latest",
         "data_repo": "https://example.org/data.git",
+        "branch": None,
         "code_repo": "https://example.org/code",
         "artefact": "csv",
         "description": "counts things",
@@ -115,6 +116,7 @@ def test_a_dataset_is_shown_as_json_and_a_missing_one_is_not_found(maoctl: Maoct
     assert dataset | {"created_at": None} == {
         "name": "weather",
         "url": "/srv/git/weather.git",
+        "branch": None,
         "description": "daily weather",
         "created_at": None,
         "created_by": "node-a",
@@ -228,7 +230,9 @@ def test_a_corrupt_run_record_exits_1_naming_the_run(maoctl: Maoctl, node: NodeU
     result = maoctl("run", "show", "broken")
 
     assert result.exit_code == 1
-    assert "run record of broken is invalid" in error_line(result)
+    assert error_line(result).startswith(
+        "error: invalid state at mao:run:broken: not a valid run record (another version?): "
+    )
 
 
 def test_a_failed_run_exits_4_with_its_reason_and_its_report_as_json(
@@ -266,7 +270,9 @@ def test_an_unreachable_service_exits_3_in_one_line_naming_it_and_the_endpoint(
     result = maoctl(*args, env={variable: endpoint})
 
     assert result.exit_code == 3
-    assert error_line(result).startswith(f"error: {service} unreachable at {endpoint}")
+    # etcd says that no member answers (registry.Etcd.call), Redis names the URL
+    unreachable = "unreachable (no member answers)" if service == "etcd" else "unreachable"
+    assert error_line(result).startswith(f"error: {service} {unreachable} at {endpoint}")
 
 
 def test_status_lists_every_dependency_as_json(maoctl: Maoctl, node: NodeUnderTest) -> None:
@@ -292,7 +298,20 @@ def test_status_exits_3_naming_the_unreachable_etcd(maoctl: Maoctl) -> None:
     assert [(c["name"], c["ok"]) for c in checks] == [
         ("etcd", False), ("Redis", True), ("Docker", True), ("importdir", True),
     ]  # fmt: skip
-    assert f"etcd unreachable at 127.0.0.1:{port}" in checks[0]["detail"]
+    assert f"etcd unreachable (no member answers) at 127.0.0.1:{port}" in checks[0]["detail"]
+
+
+def test_status_exits_1_for_a_redis_database_the_server_does_not_have(
+    maoctl: Maoctl, node: NodeUnderTest
+) -> None:
+    url = node.env["MAO_REDIS_URL"].rsplit("/", 1)[0] + "/999"
+
+    result = maoctl("status", "--json", env={"MAO_REDIS_URL": url})
+
+    assert result.exit_code == 1
+    redis_check = json.loads(result.stdout)[1]
+    assert redis_check["name"] == "Redis"
+    assert "database 999 is out of the server's range" in redis_check["detail"]
 
 
 def test_config_shows_the_settings_in_force_with_the_redis_password_masked(

@@ -403,6 +403,7 @@ def test_adopts_exited_container_reads_it_and_removes_it(
         log_tail="from the lost task\n",
         adopted=True,
         container_name=f"mao-run-{run_id}",
+        failure="the tool exited with code 4",
     )
     assert containers_of(docker_client, run_id) == []
 
@@ -520,3 +521,72 @@ def test_unreachable_daemon_is_service_unavailable(
             call(client, spec)
     finally:
         client.close()
+
+
+# ---- failure reasons from Docker's state ------------------------------------------------------
+
+
+def test_a_tool_over_its_memory_limit_is_reported_as_memory_exceeded(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    # dd's one 200 MiB buffer in a 16 MiB container: the kernel's OOM killer ends it.
+    spec = make_spec(
+        run_id,
+        data_dir,
+        busybox_image,
+        "exec dd if=/dev/zero of=/dev/null bs=200M count=1",
+        memory_bytes=16 << 20,
+    )
+
+    outcome = run_container(docker_client, spec)
+
+    assert outcome.exit_code == 137
+    assert outcome.failure is not None
+    assert outcome.failure.startswith("killed: memory limit of 16 MiB exceeded"), outcome.failure
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_a_container_killed_from_outside_is_reported_with_its_signal(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    spec = make_spec(run_id, data_dir, busybox_image, "exec sleep 60")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(run_in_own_client, spec)
+        wait_until(
+            lambda: is_running(docker_client, run_id) and some_thread_runs(ContainerApiMixin.wait),
+            WAIT_LIMIT_S,
+            what="the run's container to run and the task to wait on it",
+            poll_s=0.05,
+        )
+        # SIGKILL: PID 1 of a container ignores the signals it has no handler for (SIGTERM).
+        docker_client.containers.get(container_name(run_id)).kill(signal="SIGKILL")
+        outcome = running.result(timeout=WAIT_LIMIT_S)
+
+    assert (outcome.exit_code, outcome.timed_out) == (137, False)
+    assert outcome.failure == "killed by signal 9 (SIGKILL, exit code 137)"
+    assert containers_of(docker_client, run_id) == []
+
+
+def test_an_exit_code_is_judged_and_the_container_removed_when_its_log_cannot_be_read(
+    docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
+) -> None:
+    # A container of the run whose log driver keeps no log (a lost task's, made by hand): Docker
+    # refuses to read its logs.
+    spec = make_spec(run_id, data_dir, busybox_image, "echo unseen; exit 5")
+    assert spec.command is not None
+    container = docker_client.containers.create(
+        spec.image,
+        spec.command,
+        name=container_name(run_id),
+        labels={LABEL_RUN_ID: run_id, LABEL_TOOL: TOOL},
+        network_mode="none",
+        log_config=docker.types.LogConfig(type="none"),
+    )
+    container.start()
+    container.wait(timeout=WAIT_LIMIT_S)
+
+    outcome = run_container(docker_client, spec)
+
+    assert (outcome.exit_code, outcome.failure) == (5, "the tool exited with code 5")
+    assert outcome.log_tail.startswith("[the container's log could not be read: ")
+    assert containers_of(docker_client, run_id) == []

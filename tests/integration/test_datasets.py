@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,7 +182,11 @@ def test_clone_that_times_out_is_killed_and_leaves_nothing(importdir: Path) -> N
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         with pytest.raises(ServiceUnavailable, match="did not complete"):
-            datasets.clone(f"git://127.0.0.1:{port}/data.git", importdir / "slow", timeout_s=1)
+            datasets.clone(
+                f"git://127.0.0.1:{port}/data.git",
+                importdir / "slow",
+                limits=datasets.GitLimits(timeout_s=1, total_s=1),
+            )
 
     assert listing(importdir) == []
 
@@ -409,3 +416,151 @@ def test_list_local_describes_valid_directories_only(upstream: Upstream, importd
 
 def test_list_local_of_missing_importdir_is_empty(tmp_path: Path) -> None:
     assert datasets.list_local(tmp_path / "missing") == []
+
+
+# ---- git that cannot hang, clones that are what they claim -----------------------------------
+
+
+@pytest.fixture
+def silent_host() -> Iterator[int]:
+    """A loopback TCP port that accepts every connection and never sends a byte; its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(timeout=5)
+    for connection in held:
+        connection.close()
+    server.close()
+
+
+def test_a_silent_http_host_fails_the_clone_on_the_stall_limit_without_a_retry(
+    importdir: Path, silent_host: int
+) -> None:
+    limits = datasets.GitLimits(timeout_s=120, low_speed_time_s=2, total_s=120)
+    tries: list[str] = []
+    started = time.monotonic()
+
+    with pytest.raises(datasets.GitUnavailable) as failed:
+        datasets.clone(
+            f"http://127.0.0.1:{silent_host}/data.git",
+            importdir / "stalled",
+            limits=limits,
+            tries=tries,
+        )
+
+    took_s = time.monotonic() - started
+    assert 2 <= took_s < 30, took_s  # the stall limit (2 s), long before the 120 s timeout
+    assert len(tries) == 1, tries  # a stall is not retried
+    assert tries[0].startswith("try 1: "), tries
+    assert "too slow" in str(failed.value).lower(), failed.value
+    assert listing(importdir) == []
+
+
+def test_a_refused_connection_is_tried_again_within_the_total_and_each_try_named(
+    importdir: Path,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+    # Nothing listens on `port` now: every try is refused, which may heal, so it is tried again
+    # until the next wait would pass the total of 5 s (tries at 0 s and 2 s; a wait of 10 s
+    # would not fit).
+    tries: list[str] = []
+    started = time.monotonic()
+
+    with pytest.raises(datasets.GitUnavailable, match=r"2 tries: try 1: .*; try 2: ") as failed:
+        datasets.clone(
+            f"http://127.0.0.1:{port}/data.git",
+            importdir / "refused",
+            limits=datasets.GitLimits(total_s=5),
+            tries=tries,
+        )
+
+    assert time.monotonic() - started < 5
+    assert [line.split(":")[0] for line in tries] == ["try 1", "try 2"]
+    assert all("couldn't connect to server" in line.lower() for line in tries), tries
+    assert failed.value.tries == tries
+    assert listing(importdir) == []
+
+
+def test_a_silent_ssh_host_fails_on_the_connect_timeout(importdir: Path, silent_host: int) -> None:
+    limits = datasets.GitLimits(timeout_s=120, connect_timeout_s=2, total_s=120)
+    started = time.monotonic()
+
+    with pytest.raises(datasets.GitUnavailable, match=r"timed out|Connection"):
+        datasets.clone(
+            f"ssh://git@127.0.0.1:{silent_host}/data.git", importdir / "stalled", limits=limits
+        )
+
+    assert time.monotonic() - started < 30
+
+
+def dangling(upstream: Upstream, *branches: str) -> None:
+    """Make `upstream`'s HEAD name `master`, a branch that does not exist, and push `branches`
+    (besides `main`) to it."""
+    for branch in branches:
+        run_git("push", "-q", "origin", f"main:{branch}", cwd=upstream.work)
+    run_git("symbolic-ref", "HEAD", "refs/heads/master", cwd=upstream.bare)
+
+
+def test_a_dangling_remote_head_checks_out_the_only_branch(
+    upstream: Upstream, importdir: Path
+) -> None:
+    dangling(upstream)
+    dest = importdir / "weather"
+
+    datasets.clone(str(upstream.bare), dest)
+
+    assert listing(dest) == ["control-1.csv"]
+    assert in_clone(dest, "symbolic-ref", "--short", "HEAD") == "main"
+    assert datasets.head_commit(dest) == run_git("rev-parse", "main", cwd=upstream.bare)
+    # and it stays updatable: its branch tracks origin/main
+    sha = upstream.push_file("control-2.csv", "11\n")
+    assert datasets.update(dest, url=str(upstream.bare)) == sha
+    assert (dest / "control-2.csv").read_text() == "11\n"
+
+
+def test_a_dangling_remote_head_with_several_branches_fails_naming_them(
+    upstream: Upstream, importdir: Path
+) -> None:
+    dangling(upstream, "v2")
+
+    with pytest.raises(InvalidInput, match=r"2 branches \(main, v2\): register it with --branch"):
+        datasets.clone(str(upstream.bare), importdir / "weather")
+
+    assert listing(importdir) == []
+
+
+def test_a_clone_of_a_branch_checks_out_that_branch(upstream: Upstream, importdir: Path) -> None:
+    run_git("checkout", "-q", "-b", "v2", cwd=upstream.work)
+    sha = commit_file(upstream.work, "control-2.csv", "20\n")
+    run_git("push", "-q", "origin", "v2", cwd=upstream.work)
+    dest = importdir / "weather"
+
+    datasets.ensure_clone(str(upstream.bare), dest, branch="v2")
+
+    assert listing(dest) == ["control-1.csv", "control-2.csv"]
+    assert datasets.head_commit(dest) == sha
+
+
+@pytest.mark.parametrize("branch", ["-x", "a..b", "a b", "x.lock", ""])
+def test_an_invalid_branch_is_refused_before_git_runs(
+    upstream: Upstream, importdir: Path, branch: str
+) -> None:
+    with pytest.raises(InvalidInput, match="invalid branch name"):
+        datasets.clone(str(upstream.bare), importdir / "weather", branch=branch)
+    assert listing(importdir) == []

@@ -18,15 +18,20 @@ import docker
 import pytest
 import requests
 
-from beat_schedule import HEARTBEAT_INTERVAL_S, NOTIFICATION_LISTENER_INTERVAL_S
+from beat_schedule import NOTIFICATION_LISTENER_INTERVAL_S
 from mao_celery.containers import LABEL_RUN_ID
 from mao_celery.exceptions import NotFound
-from mao_celery.members import MEMBER_TTL_S
 from mao_celery.models import RunReport, RunStatus
+from mao_celery.settings import Settings
 from mao_celery.shutdown import interrupt_running_runs
 from tests.fixtures.node import WORKER_READY_TIMEOUT_S, NodeUnderTest
 from tests.fixtures.services import LOOPBACK, free_ports
 from tests.helpers import WORKER_SH, Script, register, run_containers, wait_for, wait_until
+
+DEFAULT_HEARTBEAT_S = Settings.model_fields["heartbeat_interval_s"].default
+# A heartbeat every second on a 4 s lease: the lease's expiry is measured in seconds, not 30.
+SHORT_HEARTBEAT_S = 1
+SHORT_TTL_S = 4
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +117,7 @@ def test_worker_sh_joins_the_federation_and_leaves_it_on_sigterm(
 
     wait_until(
         lambda: member_ids(node) == ["node-a"],
-        HEARTBEAT_INTERVAL_S + 5,
+        DEFAULT_HEARTBEAT_S + 5,
         what="node-a as the one member",
         poll_s=0.2,
     )
@@ -123,7 +128,7 @@ def test_worker_sh_joins_the_federation_and_leaves_it_on_sigterm(
 
     assert script.process.wait(timeout=30) == 0, script.log()
     assert member_ids(node) == []
-    assert joined_s <= HEARTBEAT_INTERVAL_S + 5
+    assert joined_s <= DEFAULT_HEARTBEAT_S + 5
     assert set(members[0]) == {"node_id", "hostname", "version", "started_at", "last_seen"}
     assert "node-a" in table
     assert "last seen" in table
@@ -162,21 +167,25 @@ def test_worker_sh_restarts_a_crashed_beat(node: NodeUnderTest, worker_sh: Start
 def test_a_killed_node_leaves_the_federation_within_the_member_ttl(
     node: NodeUnderTest, worker_sh: StartScript
 ) -> None:
-    script = worker_sh("all")
+    short = {
+        "MAO_HEARTBEAT_INTERVAL_S": str(SHORT_HEARTBEAT_S),
+        "MAO_MEMBER_TTL_S": str(SHORT_TTL_S),
+    }
+    script = worker_sh("all", env=short)
     wait_until(
         lambda: member_ids(node) == ["node-a"],
-        HEARTBEAT_INTERVAL_S + 5,
+        SHORT_HEARTBEAT_S + 5,
         what="node-a as the one member",
         poll_s=0.2,
     )
 
     script.kill_group()
     killed = time.monotonic()
-    wait_until(lambda: member_ids(node) == [], MEMBER_TTL_S + 5, what="no member left", poll_s=0.5)
+    wait_until(lambda: member_ids(node) == [], SHORT_TTL_S + 5, what="no member left", poll_s=0.2)
     gone_s = time.monotonic() - killed
 
     # Gone by the lease's expiry (at most one TTL after the last heartbeat), not by a revoke.
-    assert MEMBER_TTL_S - HEARTBEAT_INTERVAL_S - 3 <= gone_s <= MEMBER_TTL_S + 2, gone_s
+    assert SHORT_TTL_S - SHORT_HEARTBEAT_S - 1 <= gone_s <= SHORT_TTL_S + 2, gone_s
 
 
 def stop_with_sigterm(script: Script) -> tuple[int, float]:

@@ -9,35 +9,24 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 import docker
 import pytest
 
 from mao_celery.models import RunReport, RunStatus
 from tests.fixtures.node import NodeUnderTest
-from tests.helpers import RUN_WAIT_S, register, run_containers, wait_for, wait_until
+from tests.helpers import (
+    RUN_WAIT_S,
+    containers_created,
+    register,
+    run_containers,
+    wait_for,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
 TOOL_UID = 10001
-
-
-def containers_created_since(
-    docker_client: docker.DockerClient, tool: str, since_s: int
-) -> list[dict[str, object]]:
-    """The daemon's "create" events of `tool`'s containers from `since_s` (Unix time) to now.
-
-    Docker's event times are whole seconds: the window ends one second ahead (the call returns
-    then) so that an event of the current second is not missed.
-    """
-    events = docker_client.events(
-        since=since_s - 1,
-        until=int(time.time()) + 1,
-        filters={"type": "container", "event": "create", "label": f"mao.tool={tool}"},
-        decode=True,
-    )
-    return list(events)
 
 
 def test_demo_run_reports_a_spike_and_publishes_one_notification(
@@ -207,7 +196,7 @@ def test_a_tool_asking_for_a_network_the_node_does_not_allow_fails_and_starts_no
         expected,
         "",
     )
-    assert containers_created_since(docker_client, "online", since_s) == []
+    assert containers_created(docker_client, "mao.tool=online", since_s) == []
 
 
 # /proc/net/dev lists the container's interfaces: loopback alone without a network. Reading it
@@ -350,26 +339,3 @@ def test_a_container_outliving_the_visibility_timeout_runs_once_and_notifies_onc
     assert (node.importdir / "long" / "starts.txt").read_text().count("start") == 1
     notifications = json.loads(node.maoctl("notifications", "list", "--json").stdout)
     assert [n["run_id"] for n in notifications] == [report.run_id]
-
-
-def test_runs_that_nothing_will_end_are_failed_as_lost_and_free_their_tool(
-    node: NodeUnderTest,
-) -> None:
-    runs = node.runs()
-    long_ago = datetime.now(UTC) - timedelta(hours=3)
-    lost = RunReport(run_id="lost-run", tool="orphan", node="node-a", queued_at=long_ago)
-    recent = RunReport(run_id="recent-run", tool="busy", node="node-a")
-    ended = RunReport(run_id="ended-run", tool="done", node="node-a", queued_at=long_ago)
-    for report in (lost, recent, ended):
-        runs.begin(report, lock_ttl_s=3600)
-    runs.save(ended.failed("the tool exited with code 1"))
-
-    failed = runs.fail_lost(older_than_s=3600)
-
-    assert failed == ["lost-run"]
-    assert runs.get("lost-run").status == RunStatus.FAILED
-    assert (runs.get("lost-run").error or "").startswith("lost: not finished 3600 s after")
-    assert runs.holder("orphan") is None
-    assert runs.get("recent-run").status == RunStatus.QUEUED
-    assert runs.holder("busy") == "recent-run"
-    assert runs.get("ended-run").error == "the tool exited with code 1"

@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mao_celery.exceptions import InvalidInput
-from mao_celery.settings import DEFAULT_IMPORTDIR, load_settings
+from mao_celery.settings import (
+    DEFAULT_IMPORTDIR,
+    ETCD_MAX_LEASE_TTL_S,
+    MAX_WAIT_S,
+    load_settings,
+)
 
 ORIGINAL_CONFIG_INI = """\
 [WORKING_ENVIRONMENT]
@@ -223,3 +231,75 @@ def test_an_etcd_endpoint_with_user_info_or_a_path_is_refused_masked(endpoint: s
 
 def test_an_ipv6_etcd_endpoint_is_accepted() -> None:
     assert load_settings(etcd_endpoints="[::1]:2379").etcd_endpoints == ["[::1]:2379"]
+
+
+# limits of the services the settings end up in
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("run_timeout_s", "inf"),
+        ("run_timeout_s", "nan"),
+        ("run_timeout_s", "1e308"),
+        ("broker_visibility_timeout_s", "-inf"),
+        ("spike_threshold_pct", "inf"),
+        ("etcd_timeout_s", "1e9"),
+        ("notification_retention_s", "9000000001"),
+        ("run_memory_bytes", str(1 << 63)),
+        ("run_cpus", "0.001"),
+        ("git_timeout_s", "0"),
+        ("git_low_speed_time_s", "0"),
+    ],
+)
+def test_values_beyond_a_services_limits_are_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    monkeypatch.setenv(f"MAO_{field.upper()}", value)
+    with pytest.raises(InvalidInput, match=rf"^invalid setting {field}: "):
+        load_settings()
+
+
+@given(st.floats(min_value=0, exclude_min=True, max_value=MAX_WAIT_S, allow_nan=False))
+def test_every_finite_run_timeout_within_the_limit_fits_pythons_timeouts(value: float) -> None:
+    settings = load_settings(run_timeout_s=value)
+    # the tool lock lives visibility timeout + run timeout + 5 min: still a valid thread timeout
+    assert settings.visibility_timeout_s + settings.run_timeout_s + 300 < threading.TIMEOUT_MAX
+
+
+def test_the_largest_etcd_lease_is_accepted() -> None:
+    assert load_settings(notification_retention_s=ETCD_MAX_LEASE_TTL_S).notification_retention_s
+
+
+def test_more_cpus_than_the_host_has_are_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"CPUs asked, this host has \d+: Docker accepts"):
+        load_settings(run_cpus=(os.cpu_count() or 1) + 1)
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:2379", "https://etcd:2379/"])
+def test_an_etcd_endpoint_with_a_scheme_is_refused_with_the_fix(endpoint: str) -> None:
+    host_port = endpoint.split("://")[1].rstrip("/")
+    with pytest.raises(
+        InvalidInput, match=re.escape("drop the scheme") + ".*" + re.escape(host_port)
+    ):
+        load_settings(etcd_endpoints=endpoint)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.ini"
+    path.write_bytes(b"[ETCD]\nhost = caf\xe9\n")
+    with pytest.raises(InvalidInput) as refused:
+        load_settings(config=path)
+    assert str(refused.value) == (
+        f"config file {path} is not UTF-8 text (byte 0xe9 at offset 17): save it as UTF-8"
+    )
+
+
+def test_a_member_lease_no_longer_than_the_heartbeat_interval_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="must be longer than heartbeat_interval_s"):
+        load_settings(heartbeat_interval_s=10, member_ttl_s=10)
+
+
+def test_a_beat_lock_timeout_within_a_beat_tick_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="beat_lock_timeout_s"):
+        load_settings(beat_lock_timeout_s=5)

@@ -1,0 +1,181 @@
+"""Recovery of runs whose worker died: in seconds, not after the broker's visibility timeout.
+
+Each step records the worker process that took it (`RunReport.taken_by`: the Celery worker's
+host name, the pool process's pid, the task id). When a worker starts (`worker_ready`) and every
+`beat_schedule.RECOVERY_INTERVAL_S` seconds, `recover` asks the live workers (Celery's
+`inspect().stats()` for their pool processes and `inspect().query_task()` for the tasks they
+hold) whether the process of each run's step is still there. A step whose process is gone is
+resumed once (`RunStore.claim_resume`): the rest of the run's chain is sent again from that step.
+Steps are idempotent on the run id, so the resumed container step adopts the run's container by
+name, and the old message, redelivered by Redis after the visibility timeout, finds the run
+ended and does nothing. A container step whose container is gone cannot be resumed (its outcome
+was lost with the worker): the run is failed as "lost" with its last known state.
+
+Runs that nothing will end (queued more than a tool lock's lifetime ago, e.g. their message was
+lost) are failed as "lost" too. Records that cannot be read are logged and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import docker
+import requests
+from celery import Celery
+
+from mao_celery import containers
+from mao_celery.enqueue import RUN_CONTAINER, run_chain
+from mao_celery.exceptions import ServiceUnavailable
+from mao_celery.models import RunReport, StepTaker, utcnow
+from mao_celery.node import Node
+from mao_celery.records import InvalidRecord
+from mao_celery.runs import log_invalid
+
+log = logging.getLogger(__name__)
+
+INSPECT_TIMEOUT_S = 2.0
+"""How long the workers' answers to `inspect` are awaited, in seconds."""
+
+
+@dataclass(frozen=True)
+class LiveWorkers:
+    """What the workers that answered said: each one's processes (main and pool pids) by host
+    name, and the ids of the tasks they hold (active, reserved or waiting for a retry)."""
+
+    processes: dict[str, frozenset[int]]
+    tasks: frozenset[str]
+
+    def alive(self, taker: StepTaker) -> bool:
+        """Whether the process that took a step may still be doing it: a worker holds its task,
+        or the worker it belongs to answered and still has that process."""
+        if taker.task_id in self.tasks:
+            return True
+        return taker.pid in self.processes.get(taker.hostname, frozenset())
+
+
+def live_workers(app: Celery, task_ids: Sequence[str], timeout_s: float) -> LiveWorkers:
+    """Ask every worker (a broadcast, answers awaited `timeout_s` seconds) for its processes and
+    which of `task_ids` it holds."""
+    inspector = app.control.inspect(timeout=timeout_s)
+    stats: dict[str, Any] = inspector.stats() or {}
+    held: dict[str, dict[str, Any]] = inspector.query_task(*task_ids) or {}
+    processes = {host: _pids(info) for host, info in stats.items()}
+    tasks = frozenset(task_id for found in held.values() for task_id in found)
+    return LiveWorkers(processes, tasks)
+
+
+def _pids(info: dict[str, Any]) -> frozenset[int]:
+    """The main process and pool processes of a worker's `stats` answer."""
+    pool = info.get("pool") or {}
+    return frozenset([*pool.get("processes", []), info.get("pid", 0)])
+
+
+@dataclass
+class Recovery:
+    """What `recover` did: run ids resumed, failed as lost (worker and container gone), failed
+    as stale (not ended a tool lock's lifetime after being queued); records skipped."""
+
+    resumed: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    invalid: list[InvalidRecord] = field(default_factory=list)
+
+    def summary(self) -> dict[str, list[str]]:
+        """The run ids by outcome and the keys skipped, as JSON data (the task's result)."""
+        return {
+            "resumed": self.resumed,
+            "lost": self.lost,
+            "stale": self.stale,
+            "invalid": [record.key for record in self.invalid],
+        }
+
+
+def recover(ctx: Node, stale_after_s: float, timeout_s: float = INSPECT_TIMEOUT_S) -> Recovery:
+    """Resume or end this node's unfinished runs whose worker process died, and fail those
+    queued more than `stale_after_s` seconds ago (see the module's description).
+
+    Raises:
+        ServiceUnavailable: Redis or the broker did not answer.
+    """
+    reports, invalid = ctx.runs.unfinished()
+    log_invalid(invalid)
+    done = Recovery(invalid=invalid)
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    fresh = [report for report in reports if not _fail_stale(ctx, report, cutoff, done)]
+    held = [report for report in fresh if report.held_step is not None]
+    if not held:
+        return done
+    workers = live_workers(ctx.app, [_taker(r).task_id for r in held], timeout_s)
+    for report in orphans(held, workers):
+        _resume_or_fail(ctx, report, done)
+    return done
+
+
+def orphans(reports: Iterable[RunReport], workers: LiveWorkers) -> list[RunReport]:
+    """The runs of `reports` whose step's process is not alive among `workers`."""
+    return [r for r in reports if r.held_step is not None and not workers.alive(r.held_step)]
+
+
+def _taker(report: RunReport) -> StepTaker:
+    taker = report.held_step
+    assert taker is not None, report.run_id
+    return taker
+
+
+def _fail_stale(ctx: Node, report: RunReport, cutoff: datetime, done: Recovery) -> bool:
+    """Fail `report` when it was queued before `cutoff`; True when it was."""
+    if report.queued_at >= cutoff:
+        return False
+    age_s = (utcnow() - report.queued_at).total_seconds()
+    ctx.runs.save(report.failed(f"lost: not finished {age_s:.0f} s after it was queued"))
+    done.stale.append(report.run_id)
+    return True
+
+
+def _resume_or_fail(ctx: Node, report: RunReport, done: Recovery) -> None:
+    """Resume the step of `report` whose process died, once; fail the run as lost when it is
+    the container step and the run's container is gone."""
+    taker = _taker(report)
+    if not ctx.runs.claim_resume(taker.task_id, report.run_id):
+        return
+    if taker.step == RUN_CONTAINER and not container_exists(ctx.docker, report.run_id):
+        reason = (
+            f"lost: worker {taker.hostname} (pid {taker.pid}) died during {taker.step} and the "
+            f"run's container is gone; last known state: {report.status}"
+        )
+        ctx.runs.save(report.failed(reason))
+        done.lost.append(report.run_id)
+        return
+    try:
+        run_chain(ctx.app, report, start=taker.step).apply_async()
+    except Exception as e:  # kombu and redis-py raise their own; the next sweep tries again
+        ctx.runs.unclaim_resume(taker.task_id)
+        raise ServiceUnavailable("the broker", "Redis", str(e)) from e
+    log.warning(
+        "run %s: worker %s (pid %d) died during %s; step resumed",
+        report.run_id,
+        taker.hostname,
+        taker.pid,
+        taker.step,
+    )
+    done.resumed.append(report.run_id)
+
+
+def container_exists(client: docker.DockerClient, run_id: str) -> bool:
+    """Whether run `run_id`'s container exists (running or not).
+
+    Raises:
+        ServiceUnavailable: the Docker daemon did not answer.
+    """
+    name = containers.container_name(run_id)
+    try:
+        client.containers.get(name)
+    except docker.errors.NotFound:
+        return False
+    except (docker.errors.DockerException, requests.RequestException) as e:
+        raise ServiceUnavailable("Docker", "the Docker daemon", str(e)) from e
+    return True
