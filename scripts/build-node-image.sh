@@ -36,11 +36,11 @@ STAMP=$WHEELS/.fetched
 LOG=$VAR/log/node-image.log
 FETCH_LOG=$VAR/log/node-image-fetch.log
 
-say() { printf '[node-image] %s\n' "$*"; }
-die() {
-  printf '[node-image] ERROR: %s\n' "$*" >&2
-  exit 1
-}
+LOG_TAG=node-image
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+SOURCE_COPY=
+trap '[[ -z $SOURCE_COPY ]] || rm -rf "$SOURCE_COPY"' EXIT
 
 case "$#:${1:-}" in
   0:) mode=all ;;
@@ -150,11 +150,14 @@ build() {
 
   say "wheel: the project into var/wheels (no index)"
   : >"$LOG"
-  # build/ is setuptools' work dir: a stale one would put deleted modules in the project wheel.
-  rm -rf build "$WHEELS"/mao_orchestrator-*.whl
-  pip_from_wheel wheel -q --no-deps --no-index --find-links "$WHEELS" -w "$WHEELS" . \
+  # Built from a copy of the package's sources, so setuptools writes its build/ and egg-info
+  # there, never into the checkout (where a stale build/ would put deleted modules in the wheel).
+  SOURCE_COPY=$(mktemp -d)
+  cp -r pyproject.toml requirements.txt README.md cli.py beat_schedule.py mao_celery "$SOURCE_COPY"/
+  find "$SOURCE_COPY" -name __pycache__ -prune -exec rm -rf {} +
+  rm -f "$WHEELS"/mao_orchestrator-*.whl
+  pip_from_wheel wheel -q --no-deps --no-index --find-links "$WHEELS" -w "$WHEELS" "$SOURCE_COPY" \
     >>"$LOG" 2>&1 || die "pip wheel of the project failed; see $LOG"
-  rm -rf build
 
   say "image $NODE_IMAGE: docker build from $BASE_IMAGE (network: $network)"
   docker build --network "$network" --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$NODE_IMAGE" . \
