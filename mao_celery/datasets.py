@@ -49,6 +49,7 @@ it leaves ownership as it is (run tools as the worker's user then, `MAO_TOOL_USE
 from __future__ import annotations
 
 import os
+import selectors
 import shlex
 import shutil
 import signal
@@ -60,7 +61,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
 from mao_celery.models import NAME_RE, validate_branch, validate_git_url, validate_name
@@ -104,6 +105,11 @@ RETRY_WAITS_S = (2.0, 10.0, 30.0)
 number is the number of retries (at most 4 tries in all, and within `GitLimits.total_s`)."""
 
 
+SILENCE_MARGIN_S = 5.0
+"""Seconds a silent git gets beyond `GitLimits.low_speed_time_s` before it is killed, so that
+git's own stall check (http(s), ssh) speaks first and says why."""
+
+
 @dataclass(frozen=True)
 class GitLimits:
     """How long git may talk to a remote before it is given up.
@@ -112,8 +118,10 @@ class GitLimits:
         timeout_s: seconds after which one clone or fetch is killed (default 300).
         low_speed_limit_bps: http(s): bytes per second below which a transfer counts as stalled
             (git's `http.lowSpeedLimit`, default 1000).
-        low_speed_time_s: http(s): seconds of stall after which git gives up (git's
-            `http.lowSpeedTime`, default 30); a host that accepts and never answers fails then.
+        low_speed_time_s: seconds of stall after which git gives up (default 30): git's
+            `http.lowSpeedTime` for http(s); for every transport (`git://` included) git is
+            killed after this plus `SILENCE_MARGIN_S` seconds without any output. A host that
+            accepts and never answers fails then.
         connect_timeout_s: ssh: seconds to connect and finish the handshake (ssh's
             `ConnectTimeout`, default 30).
         total_s: seconds all tries of one clone or fetch may take together, waits included
@@ -313,7 +321,7 @@ def update(
     if target is None or remote is None:
         raise NotFound(f"{dest} is not a git clone with an 'origin' remote: clone it first")
     _check_origin(dest, remote, url)
-    fetch = [*target.args(), "fetch", "--quiet", "--no-recurse-submodules"]
+    fetch = [*target.args(), "fetch", "--progress", "--no-recurse-submodules"]
     _remote(fetch, endpoint=remote, credentials=credentials, limits=limits, tries=tries)
     if _head(target) is None:
         _fix_dangling_head(target, remote, timeout_s)
@@ -509,7 +517,7 @@ def _clone_into(
         InvalidInput, NotFound, GitUnavailable: as `_remote`.
     """
     staged = _Clone(stage / "work", stage / "git")
-    options = ["--quiet", "--no-recurse-submodules", f"--separate-git-dir={staged.git_dir}"]
+    options = ["--progress", "--no-recurse-submodules", f"--separate-git-dir={staged.git_dir}"]
     if not checkout:
         options.append("--no-checkout")
     if branch is not None:
@@ -636,11 +644,14 @@ def _run(
     credentials: Path | None = None,
     stdin: str = "",
     timeout_s: float = LOCAL_TIMEOUT_S,
+    silence_s: float | None = None,
 ) -> _Result:
     """Run one hardened git command in `/` with `stdin`; return its exit status, stdout, stderr.
 
-    After `timeout_s` seconds git and its children (transport helpers, ssh) are killed; the
-    result then has status -9 and a `fatal: ... did not complete` message.
+    After `timeout_s` seconds, or after `silence_s` seconds without a byte of output (a remote
+    that accepts and never answers: run with `--progress`, a live transfer keeps speaking; this
+    also covers `git://`, which has no low-speed limit of its own), git and its children
+    (transport helpers, ssh) are killed; the result then has status -9 and a `fatal:` message.
     """
     argv = ["git", *_SAFE_CONFIG, *_credential_config(credentials), *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | _GIT_ENV
@@ -651,17 +662,53 @@ def _run(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
         start_new_session=True,  # its own process group, killed as a whole
     ) as process:
-        try:
-            stdout, stderr = process.communicate(stdin, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        output, why = _communicate(process, stdin.encode(), timeout_s, silence_s)
+        if why is not None:
             os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            return _Result(-9, "", f"fatal: git did not complete within {timeout_s:g} s")
+            process.wait()
+            return _Result(-9, "", f"fatal: {why}")
+    stdout, stderr = (b"".join(chunks).decode(errors="replace") for chunks in output)
     return _Result(process.returncode, stdout, stderr)
+
+
+def _communicate(
+    process: subprocess.Popen[bytes], stdin: bytes, timeout_s: float, silence_s: float | None
+) -> tuple[tuple[list[bytes], list[bytes]], str | None]:
+    """Feed `stdin`, read stdout and stderr to their end; return them (as chunks) and None, or
+    what went wrong when `timeout_s` passed or the output was silent for `silence_s` seconds."""
+    # All three are pipes (see _run).
+    pipe_in, pipe_out, pipe_err = (
+        cast("IO[bytes]", pipe) for pipe in (process.stdin, process.stdout, process.stderr)
+    )
+    pipe_in.write(stdin)
+    pipe_in.close()
+    output: tuple[list[bytes], list[bytes]] = ([], [])
+    streams = {pipe_out.fileno(): output[0], pipe_err.fileno(): output[1]}
+    deadline = time.monotonic() + timeout_s
+    heard = time.monotonic()
+    with selectors.DefaultSelector() as selector:
+        for fd in streams:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            now = time.monotonic()
+            if now >= deadline:
+                return output, f"git did not complete within {timeout_s:g} s"
+            if silence_s is not None and now - heard >= silence_s:
+                return output, f"git was silent for {silence_s:g} s (the remote does not answer)"
+            wait_s = deadline - now
+            if silence_s is not None:
+                wait_s = min(wait_s, heard + silence_s - now)
+            for key, _ in selector.select(wait_s):
+                data = os.read(key.fd, 65536)
+                if data:
+                    streams[key.fd].append(data)
+                    heard = time.monotonic()
+                else:
+                    selector.unregister(key.fd)
+    process.wait()
+    return output, None
 
 
 def _credential_config(credentials: Path | None) -> list[str]:
@@ -700,7 +747,12 @@ def _remote(
     for attempt in range(len(RETRY_WAITS_S) + 1):
         before_try()
         left_s = min(limits.timeout_s, deadline - time.monotonic())
-        done = _run([*limits.config(), *args], credentials=credentials, timeout_s=left_s)
+        done = _run(
+            [*limits.config(), *args],
+            credentials=credentials,
+            timeout_s=left_s,
+            silence_s=limits.low_speed_time_s + SILENCE_MARGIN_S,
+        )
         if done.status == 0:
             return done.stdout
         detail = _git_message(done.stderr)

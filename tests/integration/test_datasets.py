@@ -471,6 +471,23 @@ def test_a_silent_http_host_fails_the_clone_on_the_stall_limit_without_a_retry(
     assert listing(importdir) == []
 
 
+def test_a_silent_git_protocol_host_is_killed_after_its_silence(
+    importdir: Path, silent_host: int
+) -> None:
+    limits = datasets.GitLimits(timeout_s=120, low_speed_time_s=1, total_s=120)
+    started = time.monotonic()
+
+    with pytest.raises(datasets.GitUnavailable, match="silent for 6 s") as failed:
+        datasets.clone(
+            f"git://127.0.0.1:{silent_host}/data.git", importdir / "stalled", limits=limits
+        )
+
+    took_s = time.monotonic() - started
+    assert 6 <= took_s < 30, took_s  # 1 s + the 5 s margin, long before the 120 s timeout
+    assert len(failed.value.tries) == 1  # a stall is not retried
+    assert listing(importdir) == []
+
+
 def test_a_refused_connection_is_tried_again_within_the_total_and_each_try_named(
     importdir: Path,
 ) -> None:
