@@ -7,12 +7,14 @@ rich, the models) happen inside the commands that need them, so each command pay
 what it uses (the one exception to "imports at the top", for start-up time).
 
 Exit codes: 0 ok; 1 not found, already exists, already running or invalid input; 2 usage;
-3 a service (etcd, Redis, Docker, git remote) is unreachable; 4 a tool run failed;
-5 `tool run --wait-timeout-s` stopped waiting before the run ended.
+3 a service (etcd, Redis, Docker, git remote) is unreachable; 4 a tool run failed (or was
+interrupted or cancelled); 5 `tool run --wait-timeout-s` stopped waiting before the run ended;
+130 Ctrl-C stopped waiting (the run goes on).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,28 +33,64 @@ EXIT_CODES: dict[type[errors.MaoError], int] = {
     errors.NotFound: 1,
     errors.AlreadyExists: 1,
     errors.AlreadyRunning: 1,
+    errors.Conflict: 1,
     errors.InvalidInput: 1,
     errors.InvalidState: 1,
     errors.ServiceUnavailable: 3,
     errors.RunFailed: 4,
 }
 EXIT_STILL_RUNNING = 5
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (SIGINT) stopped a command that waited: 128 + 2, as shells report it."""
+ERROR_KINDS: dict[type[errors.MaoError], str] = {
+    errors.NotFound: "not_found",
+    errors.AlreadyExists: "already_exists",
+    errors.AlreadyRunning: "already_running",
+    errors.Conflict: "conflict",
+    errors.AmbiguousId: "ambiguous",
+    errors.InvalidState: "invalid_state",
+    errors.InvalidInput: "invalid_input",
+    errors.ServiceUnavailable: "unavailable",
+    errors.RunFailed: "run_failed",
+}
+"""The `kind` of an error printed as JSON (`--json`), by class; the first match counts."""
+JSON_REQUESTED = "mao.json"
+
+
+def json_requested() -> bool:
+    """Whether the command being run was given --json (its errors are then JSON too)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and bool(ctx.find_root().meta.get(JSON_REQUESTED))
 
 
 def fail(error: errors.MaoError) -> NoReturn:
-    """Print `error` as one printable line on stderr and exit with its code."""
-    render.error(error)
+    """Print `error` on stderr, as one printable line or, under --json, as the object
+    `{"error": {"kind", "message"}}`, and exit with its code."""
+    kind = next((k for cls, k in ERROR_KINDS.items() if isinstance(error, cls)), "error")
+    render.error(error, kind=kind, as_json=json_requested())
     sys.exit(next((c for cls, c in EXIT_CODES.items() if isinstance(error, cls)), 1))
 
 
 class MaoGroup(click.Group):
-    """A click group that turns MAO errors into one-line messages and exit codes."""
+    """A click group that turns MAO errors into one-line messages and exit codes, and lists its
+    commands with their whole summaries (click would cut them to the terminal's width)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except errors.MaoError as e:
             fail(e)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands, each with its full first sentence (wrapped, never cut with "...")."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def current_node() -> Node:
@@ -78,11 +116,9 @@ def show_entry(kind: tools.Kind, name: str | None, as_json: bool) -> None:
     if name is None:
         items, invalid = collection.list()
         render.warn_invalid(invalid)
-        render.LISTINGS[kind].show(items, as_json)
-    elif as_json:
-        render.print_json(collection.get(name))
+        render.LISTINGS[kind].show(items, as_json, invalid)
     else:
-        render.LISTINGS[kind].show([collection.get(name)], as_json)
+        render.show_detail(collection.get(name), as_json)
 
 
 def show_report(report: RunReport, as_json: bool) -> None:
@@ -93,7 +129,20 @@ def show_report(report: RunReport, as_json: bool) -> None:
         fail(errors.RunFailed(f"run {report.run_id} {report.status}: {report.error}"))
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def _remember_json(ctx: click.Context, _: click.Parameter, value: bool) -> bool:
+    """Note that --json was given, so that errors are printed as JSON too (`fail`)."""
+    if value:
+        ctx.find_root().meta[JSON_REQUESTED] = True
+    return value
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    callback=_remember_json,
+    help="Print JSON for scripts (errors too, on stderr).",
+)
 
 
 @click.group(cls=MaoGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,8 +163,55 @@ def tool() -> None:
 @click.argument("name", required=False)
 @json_option
 def tool_get(name: str | None, as_json: bool) -> None:
-    """List registered tools, or show tool NAME."""
+    """List registered tools, or show every field of tool NAME and the run limits it gets on
+    this node."""
     show_entry("tool", name, as_json)
+    if name is not None and not as_json:
+        node = current_node()
+        render.echo_lines(render.tool_limit_lines(node.registry.tools.get(name), node.settings))
+
+
+def _memory(_: click.Context, __: click.Parameter, value: str | None) -> int | None:
+    """Parse --memory (e.g. 512m, 2g, a byte count) into bytes."""
+    if value is None:
+        return None
+    from mao_celery.models import parse_memory
+
+    try:
+        return parse_memory(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+LIMIT_OPTIONS = (
+    click.option(
+        "--timeout-s",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Kill the tool's container after this many seconds (node default MAO_RUN_TIMEOUT_S, "
+        "at most MAO_RUN_TIMEOUT_MAX_S).",
+    ),
+    click.option(
+        "--memory",
+        "memory_bytes",
+        metavar="SIZE",
+        callback=_memory,
+        help="Memory limit of the container, e.g. 512m or 2g (node default MAO_RUN_MEMORY_BYTES, "
+        "at most MAO_RUN_MEMORY_MAX_BYTES).",
+    ),
+    click.option(
+        "--cpus",
+        type=click.FloatRange(min=0.01),
+        help="CPUs the container may use, e.g. 1.5 (node default MAO_RUN_CPUS, at most "
+        "MAO_RUN_CPUS_MAX).",
+    ),
+)
+
+
+def limit_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The run-limit options of `tool add` and `tool update`."""
+    for option in reversed(LIMIT_OPTIONS):
+        command = option(command)
+    return command
 
 
 @tool.command("add")
@@ -153,12 +249,14 @@ def tool_get(name: str | None, as_json: bool) -> None:
     is_flag=True,
     help="Let the tool write outside its data directory and /tmp (root file system writable).",
 )
+@limit_options
 def tool_add(name: str, writable_rootfs: bool, **fields: Any) -> None:
     """Register tool NAME: its Docker IMAGE runs against a clone of DATA_REPO.
 
     CODE_REPO is where its source lives; ARTEFACT is the kind of artefact it targets. The tool
     runs as an unprivileged user, without network and with a read-only root file system unless
-    --network or --writable-rootfs say otherwise.
+    --network or --writable-rootfs say otherwise, within the node's run limits unless
+    --timeout-s, --memory or --cpus ask for others (each at most the node's maximum: exit 1).
     """
     node = current_node()
     tools.register(node, "tool", name=name, read_only_rootfs=not writable_rootfs, **fields)
@@ -170,9 +268,62 @@ def tool_add(name: str, writable_rootfs: bool, **fields: Any) -> None:
 def tool_remove(name: str) -> None:
     """Remove tool NAME from the registry and its schedule on this node, the schedule first
     (its local data directory is kept)."""
-    if tools.remove(current_node(), "tool", name):
-        click.echo(f"schedule of tool {name} removed")
-    click.echo(f"tool {name} removed")
+    node = current_node()
+    unscheduled = tools.remove(node, "tool", name)
+    schedule = "its schedule on this node removed too" if unscheduled else "it had no schedule"
+    kept = node.settings.importdir / name
+    data = f"; its data directory {kept} is kept" if kept.is_dir() else ""
+    click.echo(f"tool {name} removed; {schedule}{data}")
+
+
+UNSETTABLE = {
+    "timeout-s": "timeout_s",
+    "memory": "memory_bytes",
+    "cpus": "cpus",
+    "network": "network",
+}
+
+
+@tool.command("update")
+@click.argument("name")
+@click.option("--image", help="Another Docker image (e.g. a new tag).")
+@click.option("--description", help="Another description.")
+@limit_options
+@click.option("--network", metavar="NAME", help="Docker network the tool needs, e.g. bridge.")
+@click.option(
+    "--writable-rootfs/--read-only-rootfs",
+    "writable_rootfs",
+    default=None,
+    help="Make the tool's root file system writable, or read-only again.",
+)
+@click.option(
+    "--unset",
+    multiple=True,
+    type=click.Choice(sorted(UNSETTABLE)),
+    help="Give a setting back to the node's default (repeatable).",
+)
+@json_option
+def tool_update(
+    name: str, writable_rootfs: bool | None, unset: tuple[str, ...], as_json: bool, **given: Any
+) -> None:
+    """Change tool NAME's image, description, run limits or network.
+
+    The entry is written with a compare-and-swap on its etcd revision: if someone else changed
+    it since it was read, nothing is written and the update exits 1 (run it again). Its schedule
+    and data directory stay. Limits above this node's maxima are refused (exit 1).
+    """
+    changes = {field: value for field, value in given.items() if value is not None}
+    if writable_rootfs is not None:
+        changes["read_only_rootfs"] = not writable_rootfs
+    for option in unset:
+        if UNSETTABLE[option] in changes:
+            raise click.UsageError(f"--{option} and --unset {option} contradict each other")
+        changes[UNSETTABLE[option]] = None
+    updated = tools.update_tool(current_node(), name, changes)
+    if as_json:
+        render.print_json(updated)
+    else:
+        click.echo(f"tool {name} updated: {', '.join(sorted(changes))}")
 
 
 @tool.command("run")
@@ -183,19 +334,39 @@ def tool_remove(name: str) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Stop waiting after this many seconds (the run goes on); exit 5.",
 )
+@click.option(
+    "--wait-for-worker",
+    is_flag=True,
+    help="Queue the run even when no worker answers, and wait for one to take it.",
+)
 @json_option
-def tool_run(name: str, no_wait: bool, wait_timeout_s: float | None, as_json: bool) -> None:
+def tool_run(
+    name: str, no_wait: bool, wait_timeout_s: float | None, wait_for_worker: bool, as_json: bool
+) -> None:
     """Run tool NAME now on this node's workers and print its report.
 
+    When no worker answers a ping (1 s), nothing is queued and it exits 3 at once, unless
+    --wait-for-worker (queue and wait) or --no-wait (queue, with a warning) is given.
     Exits 0 when the run succeeded, 4 when it failed (the reason on stderr), 5 when
-    --wait-timeout-s passed first.
+    --wait-timeout-s passed first. Ctrl-C stops waiting, not the run: it prints the run id and
+    how to follow or cancel it, and exits 130.
     """
     node = current_node()
+    if not (wait_for_worker or no_wait):
+        node.registry.tools.get(name)  # an unknown tool is named as such first (exit 1)
+        tools.require_worker(node, warn_only=False, warn=render.note)
     report = tools.start_run(node, name)
     if no_wait:
+        if not wait_for_worker:  # queued: say so if no worker will take it yet
+            tools.require_worker(node, warn_only=True, warn=render.note)
         click.echo(report.run_id)
         return
-    report = render.follow(report, tools.follow_run(node.runs, report.run_id, wait_timeout_s))
+    try:
+        report = render.follow(report, tools.follow_run(node.runs, report.run_id, wait_timeout_s))
+    except KeyboardInterrupt:
+        for line in render.interrupted_follow_lines(report.run_id):
+            render.note(line)
+        sys.exit(EXIT_INTERRUPTED)
     if not report.status.terminal:
         render.note(f"run {report.run_id} is still {report.status}: see `maoctl run show`")
         sys.exit(EXIT_STILL_RUNNING)
@@ -207,10 +378,11 @@ def tool_run(name: str, no_wait: bool, wait_timeout_s: float | None, as_json: bo
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @json_option
 def tool_runs(name: str, limit: int, as_json: bool) -> None:
-    """List the recent runs of tool NAME on this node, newest first."""
+    """List the recent runs of tool NAME on this node, newest first (exit 1 for a tool neither
+    registered nor run here)."""
     reports, invalid = tools.recent_runs(current_node(), name, limit)
     render.warn_records(invalid)
-    render.show_runs(name, reports, as_json)
+    render.show_runs(name, reports, as_json, invalid)
 
 
 PERIODS = ("daily", "weekly")
@@ -292,10 +464,11 @@ def run() -> None:
 @click.argument("run_id")
 @json_option
 def run_show(run_id: str, as_json: bool) -> None:
-    """Show the report of run RUN_ID (exit 4 if it failed or was interrupted)."""
+    """Show the report of run RUN_ID, or of the one run whose id starts with it (exit 4 if it
+    failed or was interrupted)."""
     report = tools.get_run(current_node(), run_id)
     if not report.status.terminal:
-        render.note(f"run {run_id} is {report.status}")
+        render.note(f"run {report.run_id} is {report.status}")
     show_report(report, as_json)
 
 
@@ -303,9 +476,59 @@ def run_show(run_id: str, as_json: bool) -> None:
 @click.argument("run_id")
 def run_forget(run_id: str) -> None:
     """Remove run RUN_ID's record from this node, readable or not, and free the tool lock it
-    holds (a run that has not ended is refused: exit 1)."""
-    tools.forget_run(current_node(), run_id)
+    holds (a run that has not ended is refused: exit 1). A unique prefix of the id will do."""
+    node = current_node()
+    with contextlib.suppress(errors.NotFound):  # no record: its index entries or lock may be left
+        run_id = tools.resolve_run(node, run_id)
+    tools.forget_run(node, run_id)
     click.echo(f"run {run_id} forgotten")
+
+
+@run.command("cancel")
+@click.argument("run_id")
+@json_option
+def run_cancel(run_id: str, as_json: bool) -> None:
+    """Cancel run RUN_ID (a unique prefix of the id will do): stop its container (SIGTERM, then
+    SIGKILL after 10 s), mark it cancelled and free its tool. A queued run never starts.
+
+    Idempotent: a run that has already ended is left as it is (exit 0, and says so). Exits 1
+    for an unknown run, 3 when Redis or Docker does not answer.
+    """
+    done = tools.cancel_run(current_node(), run_id, by=_who())
+    render.show_cancelled(done, as_json)
+
+
+def _who() -> str:
+    """Who cancels, as recorded in the run: `maoctl (user@host)`."""
+    import getpass
+    import os
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name nor passwd entry for this uid
+        user = f"uid {os.getuid()}"
+    return f"maoctl ({user}@{socket.gethostname()})"
+
+
+@run.command("logs")
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="Stream the output of a run under way.")
+@click.option(
+    "--tail",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Only the last N lines (then, with --follow, what comes).",
+)
+def run_logs(run_id: str, follow: bool, tail: int | None) -> None:
+    """Print run RUN_ID's container output, stdout and stderr interleaved (a unique prefix of
+    the id will do), kept after the container is gone: the last 1 MiB of each run, for as
+    long as the run is in the history. --follow streams a run under way until it ends."""
+    node = current_node()
+    try:
+        render.show_output(tools.run_output(node, run_id, follow=follow), tail)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @main.group(cls=MaoGroup)
@@ -320,7 +543,7 @@ def notifications_list(tool_name: str | None, as_json: bool) -> None:
     """List spike notifications, oldest first."""
     found, invalid, _ = current_node().registry.notifications(tool=tool_name)
     render.warn_invalid(invalid)
-    render.show_notifications(found, as_json)
+    render.show_notifications(found, as_json, invalid)
 
 
 # ---- datasets --------------------------------------------------------------------------------
@@ -335,7 +558,7 @@ def dataset() -> None:
 @click.argument("name", required=False)
 @json_option
 def dataset_get(name: str | None, as_json: bool) -> None:
-    """List registered datasets, or show dataset NAME."""
+    """List registered datasets, or show every field of dataset NAME."""
     show_entry("dataset", name, as_json)
 
 
@@ -408,7 +631,7 @@ def schedule_list(as_json: bool) -> None:
     """
     infos = tools.list_schedules(current_node())
     render.warn_invalid_schedules(infos)
-    render.SCHEDULES.show(infos, as_json)
+    render.SCHEDULES.show(infos, as_json, render.schedule_warnings(infos))
 
 
 @schedule_group.command("next")
@@ -456,7 +679,7 @@ def members(as_json: bool) -> None:
     """List the live members of the federation (nodes whose heartbeat lease has not expired)."""
     found, invalid = current_node().registry.members()
     render.warn_invalid(invalid)
-    render.MEMBERS.show(found, as_json)
+    render.MEMBERS.show(found, as_json, invalid)
 
 
 @main.group("node", cls=MaoGroup)
@@ -494,30 +717,65 @@ def repair(yes: bool, as_json: bool) -> None:
 
 
 @main.command("config")
+@click.option(
+    "--effective",
+    is_flag=True,
+    help="Also show the settings each worker published when it started, next to the local ones.",
+)
 @json_option
-def config_show(as_json: bool) -> None:
-    """Show the settings in force: MAO_* variables, then MAO_CONFIG's file, then defaults.
+def config_show(effective: bool, as_json: bool) -> None:
+    """Show the settings in force: MAO_* variables, then MAO_CONFIG's file, then defaults,
+    with derived values filled in (e.g. the broker's visibility timeout).
 
+    With --effective, the settings each worker runs with are shown next to these (workers
+    publish theirs in Redis when they start; one not answering a ping is marked stale).
     Exits 1 naming the first invalid setting. Passwords in URLs are masked.
     """
-    render.show_settings(current_node().settings, as_json)
+    node = current_node()
+    if not effective:
+        render.show_settings(node.settings, as_json)
+        return
+    published, answering, invalid = tools.worker_settings(node)
+    render.warn_records(invalid)
+    render.show_effective_settings(node.settings, published, answering, as_json)
 
 
 @main.command()
 @json_option
 def status(as_json: bool) -> None:
-    """Check this node's dependencies: etcd, Redis, the Docker daemon, importdir.
+    """Check this node: etcd (a linearizable read), Redis, the Docker daemon, importdir, its
+    workers (ping and inspect: how many, concurrency, active runs) and its beat (the RedBeat
+    lock's holder and its last tick).
 
-    Exits 3 when any of them is not usable, 1 when that is because of a setting.
+    Exits 3 when any of them is not usable or missing, 1 when that is because of a setting.
     """
     from mao_celery.health import check_all
 
-    checks = check_all(current_node().settings)
+    node = current_node()
+    checks = check_all(node.settings, node.app)
     render.show_checks(checks, as_json)
     if any(check.invalid_setting for check in checks):
         sys.exit(EXIT_CODES[errors.InvalidInput])
     if not all(check.ok for check in checks):
         sys.exit(EXIT_CODES[errors.ServiceUnavailable])
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print maoctl's shell completion script for SHELL (click's own completion).
+
+    \b
+    bash  eval "$(maoctl completion bash)"     in ~/.bashrc
+    zsh   eval "$(maoctl completion zsh)"      in ~/.zshrc
+    fish  maoctl completion fish > ~/.config/fish/completions/maoctl.fish
+    """
+
+    from click.shell_completion import get_completion_class
+
+    completion_class = get_completion_class(shell)
+    assert completion_class is not None  # click knows the three shells of the choice
+    click.echo(completion_class(main, {}, "maoctl", "_MAOCTL_COMPLETE").source())
 
 
 if __name__ == "__main__":

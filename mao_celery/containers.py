@@ -8,16 +8,19 @@ other task of the same run waits for it, reads its exit code and logs, and remov
 
 from __future__ import annotations
 
+import logging
 import math
+import queue
 import re
 import signal
+import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import docker
 import requests
@@ -27,6 +30,8 @@ from docker.types import LogConfig
 
 from mao_celery.exceptions import InvalidInput, MaoError, NotFound, RunFailed, ServiceUnavailable
 from mao_celery.settings import TOOL_USER_RE
+
+log = logging.getLogger(__name__)
 
 DATA_MOUNT = "/usr/src/app/data"
 LABEL_RUN_ID = "mao.run_id"
@@ -48,6 +53,24 @@ _RUN_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 _START_GRACE_S = 2.0
 _POLL_S = 0.1
 _RUNNING_STATES = frozenset({"running", "paused", "restarting"})
+LOG_FLUSH_S = 0.2
+"""Most seconds a container's output waits in the log pump before it is handed to its sink."""
+LOG_FLUSH_BYTES = 64 * 1024
+"""Bytes of output the log pump gathers at most before it hands them to its sink."""
+LOG_DRAIN_S = 10.0
+"""How long, in seconds, the end of a stopped container's output is awaited by the log pump."""
+CANCEL_STOP_S = 10.0
+"""Seconds between the SIGTERM and the SIGKILL that stop a cancelled run's container."""
+
+
+class LogSink(Protocol):
+    """Where a run's container output goes while it runs (runs.RunStore via run_steps)."""
+
+    def restart(self) -> None:
+        """Forget what was written: the container's output is read again from its start."""
+
+    def write(self, data: bytes) -> None:
+        """Keep `data`, the next bytes of output (stdout and stderr interleaved)."""
 
 
 class ContainerGone(MaoError):
@@ -231,7 +254,13 @@ def ensure_image(client: docker.DockerClient, image: str) -> None:
             ) from e
 
 
-def run_container(client: docker.DockerClient, spec: ContainerSpec) -> ContainerOutcome:
+def run_container(
+    client: docker.DockerClient,
+    spec: ContainerSpec,
+    *,
+    log_sink: LogSink | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> ContainerOutcome:
     """Run the run's container to its end, or adopt and finish the one this run already has.
 
     Starts the container boxed (see `_create_options`: `spec.user`, no capabilities,
@@ -242,6 +271,12 @@ def run_container(client: docker.DockerClient, spec: ContainerSpec) -> Container
     log tail, and removes it. An existing container of the same run (redelivered task, or a twin
     that created it a moment ago) is adopted instead: waited for with what is left of its timeout,
     or just read when it has exited.
+
+    The whole output (stdout and stderr) is streamed to `log_sink`, when given, while the
+    container runs (from its first byte, also when adopted: `LogSink.restart` first). Once the
+    container runs, `cancelled()` is asked: True stops it (SIGTERM, SIGKILL after
+    `CANCEL_STOP_S` seconds), so a run cancelled while its container was being created does not
+    run on.
 
     Raises:
         NotFound: `spec.data_dir` does not exist.
@@ -255,7 +290,14 @@ def run_container(client: docker.DockerClient, spec: ContainerSpec) -> Container
     with _docker_errors(client):
         try:
             container, adopted = _create_or_adopt(client, spec)
-            return _finish(container, spec, adopted)
+            pump = LogPump(container, log_sink) if log_sink is not None else None
+            try:
+                if cancelled():
+                    stop_container(container, CANCEL_STOP_S)
+                return _finish(container, spec, adopted, pump)
+            finally:
+                if pump is not None:
+                    pump.close(0)
         except docker.errors.NotFound as e:
             raise ContainerGone(spec.run_id) from e
 
@@ -318,6 +360,102 @@ def stop_run_containers(
                 continue
             stopped.append(run_id)
     return stopped
+
+
+def stop_container(container: Container, timeout_s: float = CANCEL_STOP_S) -> None:
+    """Stop `container`: SIGTERM, then SIGKILL after `timeout_s` seconds (rounded up); one
+    that has stopped or is gone is fine.
+
+    Raises:
+        APIError: Docker refused for another reason.
+    """
+    try:
+        container.stop(timeout=math.ceil(timeout_s))
+    except docker.errors.NotFound:
+        return
+
+
+def end_run_container(
+    client: docker.DockerClient, run_id: str, timeout_s: float = CANCEL_STOP_S
+) -> bool:
+    """Stop run `run_id`'s container (SIGTERM, SIGKILL after `timeout_s` seconds) and remove
+    it, if it exists; True when it existed. The task waiting on it, if any, then finds it gone
+    and keeps what its run's record says (`ContainerGone`).
+
+    Raises:
+        InvalidInput: `run_id` cannot be part of a container name.
+        ServiceUnavailable: the Docker daemon did not answer.
+    """
+    name = container_name(run_id)
+    with _docker_errors(client):
+        try:
+            container = client.containers.get(name)
+        except docker.errors.NotFound:
+            return False
+        stop_container(container, timeout_s)
+        _remove(container)
+    return True
+
+
+class LogPump:
+    """A container's output streamed to a `LogSink` by two daemon threads: one reads Docker's
+    log stream (from the container's first byte, following it to its end), the other hands what
+    was read to the sink at least every `LOG_FLUSH_S` seconds, in pieces of at most about
+    `LOG_FLUSH_BYTES` bytes. A sink that fails (Redis away) loses that piece, with a warning.
+    """
+
+    def __init__(self, container: Container, sink: LogSink) -> None:
+        self._container = container
+        self._sink = sink
+        self._chunks: queue.Queue[bytes | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True, name="mao-log-reader")
+        self._writer = threading.Thread(target=self._write, daemon=True, name="mao-log-writer")
+        sink.restart()
+        self._reader.start()
+        self._writer.start()
+
+    def _read(self) -> None:
+        try:
+            stream = self._container.logs(stdout=True, stderr=True, stream=True, follow=True)
+            for chunk in stream:
+                self._chunks.put(bytes(chunk))
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            log.info("output of %s no longer readable: %s", self._container.name, e)
+        finally:
+            self._chunks.put(None)
+
+    def _write(self) -> None:
+        pending: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + LOG_FLUSH_S
+        done = False
+        while not done:
+            try:
+                chunk = self._chunks.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                chunk = b""
+            if chunk is None:
+                done = True
+            elif chunk:
+                pending.append(chunk)
+                size += len(chunk)
+            if pending and (done or size >= LOG_FLUSH_BYTES or time.monotonic() >= deadline):
+                self._hand_over(b"".join(pending))
+                pending, size = [], 0
+            if time.monotonic() >= deadline:
+                deadline = time.monotonic() + LOG_FLUSH_S
+
+    def _hand_over(self, data: bytes) -> None:
+        try:
+            self._sink.write(data)
+        except MaoError as e:
+            log.warning("output of %s: %d bytes not kept: %s", self._container.name, len(data), e)
+
+    def close(self, timeout_s: float = LOG_DRAIN_S) -> None:
+        """Wait at most `timeout_s` seconds for the output to end (the container has stopped)
+        and be handed to the sink."""
+        self._reader.join(timeout_s)
+        self._writer.join(timeout_s)
 
 
 def remaining_s(timeout_s: float, started_at: datetime, now: datetime) -> float:
@@ -421,8 +559,11 @@ def _start(container: Container) -> None:
     container.reload()
 
 
-def _finish(container: Container, spec: ContainerSpec, adopted: bool) -> ContainerOutcome:
-    """Wait for a started container within its timeout, then read and remove it."""
+def _finish(
+    container: Container, spec: ContainerSpec, adopted: bool, pump: LogPump | None = None
+) -> ContainerOutcome:
+    """Wait for a started container within its timeout, then read and remove it (after its
+    output has been handed to `pump`'s sink)."""
     killed = False
     if container.status in _RUNNING_STATES:
         started_at = _parse_docker_time(container.attrs["State"]["StartedAt"])
@@ -438,6 +579,8 @@ def _finish(container: Container, spec: ContainerSpec, adopted: bool) -> Contain
         # The exit code is judged and the container removed all the same.
         explained = _explain(e) if isinstance(e, APIError) else type(e).__name__
         log_tail = f"[the container's log could not be read: {' '.join(explained.split())}]"
+    if pump is not None:
+        pump.close()
     _remove(container)
     return ContainerOutcome(
         exit_code=None if timed_out else int(state["ExitCode"]),

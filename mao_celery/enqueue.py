@@ -29,7 +29,7 @@ RUN_STEPS = (PREPARE_DATASET, RUN_CONTAINER, DETECT_SPIKE, PUBLISH_NOTIFICATION)
 def lock_ttl_s(conf: Settings) -> float:
     """How long a tool's lock may outlive a dead worker: a redelivery after the broker's
     visibility timeout, then a whole container run, plus 5 minutes."""
-    return conf.visibility_timeout_s + conf.run_timeout_s + 300.0
+    return conf.visibility_timeout_s + conf.timeout_max_s + 300.0
 
 
 def run_chain(app: Celery, report: RunReport, start: str = PREPARE_DATASET) -> Signature:

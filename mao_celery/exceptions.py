@@ -24,6 +24,10 @@ class InvalidInput(MaoError):
     """A value failed validation (name, URL, image, schedule, ...); nothing was changed."""
 
 
+class AmbiguousId(InvalidInput):
+    """A run id prefix matches more than one run: "ambiguous (N runs)"."""
+
+
 class InvalidState(MaoError):
     """A stored record (a Redis key, an etcd entry, a schedule) cannot be read: wrong type, not
     JSON, or not valid. The message names the key; `maoctl repair` removes such records.
@@ -37,6 +41,11 @@ class InvalidState(MaoError):
         super().__init__(f"invalid state at {key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class Conflict(MaoError):
+    """A compare-and-swap write found the entry changed since it was read (a concurrent update);
+    nothing was written: read it again and retry."""
 
 
 class AlreadyRunning(MaoError):

@@ -7,6 +7,7 @@ member may have written it with another client), so the rules live here, on the 
 from __future__ import annotations
 
 import re
+import threading
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -41,6 +42,22 @@ NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 M = TypeVar("M", bound=BaseModel)
+
+# Limits of a tool's container (settings.py bounds the node's defaults and maxima with them too).
+MAX_WAIT_S = threading.TIMEOUT_MAX / 8
+"""Longest run timeout or visibility timeout, in seconds (about 36 years): the worker waits on
+them with Python's timeouts (`threading.TIMEOUT_MAX`, about 292 years) and adds a few of them
+together (a tool lock lives visibility timeout + run timeout + 5 min), so a sum stays below."""
+DOCKER_MIN_MEMORY_BYTES = 16 << 20
+"""Smallest memory limit we accept, in bytes (Docker's own minimum is 6 MiB; a tool needs more)."""
+DOCKER_MAX_MEMORY_BYTES = (1 << 63) - 1
+"""Docker keeps the memory limit as a signed 64-bit number of bytes."""
+DOCKER_MIN_CPUS = 0.01
+"""Docker's smallest CPU limit (`--cpus`); its largest is the number of CPUs of the host."""
+MAX_CPUS = 4096.0
+"""Largest CPU limit a registry entry may ask for (a node refuses more than it has)."""
+_SIZE_RE = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 GIT_URL_SCHEMES = frozenset({"https", "http", "ssh", "git", "file"})
 _TOKEN_AS_USER_SCHEMES = frozenset({"https", "http"})
@@ -193,6 +210,22 @@ def validate_run_id(value: str) -> str:
     return value
 
 
+def parse_memory(value: str) -> int:
+    """A memory size as Docker's `--memory` takes it, in bytes: a number of bytes, or with a
+    binary unit `k`, `m`, `g`, `t` (e.g. `512m`, `1.5g`, `256MiB`).
+
+    Raises:
+        ValueError: not a size, or outside 16 MiB to 2^63-1 bytes.
+    """
+    match = _SIZE_RE.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"invalid memory size {value!r}: expected e.g. 512m, 2g or a byte count")
+    size = int(float(match["number"]) * _SIZE_UNITS[match["unit"].lower()])
+    if not DOCKER_MIN_MEMORY_BYTES <= size <= DOCKER_MAX_MEMORY_BYTES:
+        raise ValueError(f"memory size {value!r} is outside 16m to 2^63-1 bytes")
+    return size
+
+
 Name = Annotated[str, AfterValidator(validate_name)]
 ImageRef = Annotated[str, AfterValidator(validate_image)]
 GitUrl = Annotated[str, AfterValidator(validate_git_url)]
@@ -201,6 +234,9 @@ NodeId = Annotated[str, AfterValidator(validate_node_id)]
 RunId = Annotated[str, AfterValidator(validate_run_id)]
 Branch = Annotated[str, AfterValidator(validate_branch)]
 Text = Annotated[str, Field(max_length=4096)]
+TimeoutS = Annotated[float, Field(gt=0, le=MAX_WAIT_S)]
+MemoryBytes = Annotated[int, Field(ge=DOCKER_MIN_MEMORY_BYTES, le=DOCKER_MAX_MEMORY_BYTES)]
+Cpus = Annotated[float, Field(ge=DOCKER_MIN_CPUS, le=MAX_CPUS)]
 
 
 def utcnow() -> datetime:
@@ -221,6 +257,11 @@ class Tool(_Model):
     node runs it only if its `MAO_TOOL_NETWORKS_ALLOWED` lists it. `read_only_rootfs` False lets
     an image that writes outside its data directory and `/tmp` have a writable root file system.
     `branch` is the branch of `data_repo` cloned (None: the remote's HEAD).
+
+    Run limits, each None for the node's default: `timeout_s` (seconds before the container is
+    killed; node default `MAO_RUN_TIMEOUT_S`), `memory_bytes` (bytes; `MAO_RUN_MEMORY_BYTES`),
+    `cpus` (CPUs; `MAO_RUN_CPUS`). A node runs the tool only within its maxima
+    (`MAO_RUN_TIMEOUT_MAX_S`, `MAO_RUN_MEMORY_MAX_BYTES`, `MAO_RUN_CPUS_MAX`).
     """
 
     name: Name
@@ -235,6 +276,9 @@ class Tool(_Model):
     spike_threshold_pct: Annotated[float, Field(gt=0)] | None = None
     network: Network | None = None
     read_only_rootfs: bool = True
+    timeout_s: TimeoutS | None = None
+    memory_bytes: MemoryBytes | None = None
+    cpus: Cpus | None = None
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = ""
 
@@ -315,7 +359,9 @@ class RunStatus(StrEnum):
     """The life of a run. Transitions (the only ones allowed):
 
     queued -> preparing -> running -> detecting -> publishing -> succeeded;
-    any non-terminal state -> failed (a step failed) or interrupted (the node stopped it).
+    any non-terminal state -> failed (a step failed), interrupted (the node stopped it) or
+    cancelled (`maoctl run cancel`, or a Celery revoke of one of its tasks; `RunReport.cancelled`
+    says by whom and when). A cancelled record is never overwritten (`runs.RunStore.save`).
     """
 
     QUEUED = "queued"
@@ -326,14 +372,27 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        """True for succeeded, failed and interrupted."""
+        """True for succeeded, failed, interrupted and cancelled."""
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.INTERRUPTED})
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.CANCELLED}
+)
+
+
+class Cancellation(BaseModel):
+    """Who cancelled a run and when (UTC): `by` is e.g. `maoctl (user@host)` or `celery revoke
+    of mao.run_container (task ID, terminated)`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    by: str
+    at: datetime = Field(default_factory=utcnow)
 
 
 class StepTaker(BaseModel):
@@ -353,13 +412,15 @@ class StepTaker(BaseModel):
 class RunReport(BaseModel):
     """One run's state, handed from task to task along the chain; its final form is the report.
 
-    Times are UTC. `timeout_s` is the container's wall-clock limit in seconds; the spike settings
+    Times are UTC. `timeout_s` is the container's wall-clock limit in seconds, `memory_bytes`
+    its memory limit in bytes and `cpus` its CPU limit (None: none); they and the spike settings
     are the tool's, or the node's defaults, as they were when the run was prepared. `user`
     (numeric `uid:gid`) and `network` (Docker network) are what the container ran as and on,
     recorded by the run step ("" before it). `taken_by` is the worker process that took the
     newest step (see `held_step`). `data_commit` is the commit (40 hex) of the data directory
     the tool ran on, and `git_tries` one line per failed try of git talking to the data
-    repository's host ("try N: git's message"), both recorded by the prepare step.
+    repository's host ("try N: git's message"), both recorded by the prepare step. `cancelled`
+    is who cancelled the run and when (status `cancelled`), else None.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -374,6 +435,8 @@ class RunReport(BaseModel):
     image: str = ""
     data_dir: str = ""
     timeout_s: float = 3600.0
+    memory_bytes: int | None = None
+    cpus: float | None = None
     spike_window: int = 2
     spike_threshold_pct: float = 20.0
     control_files_before: list[str] = []
@@ -389,6 +452,7 @@ class RunReport(BaseModel):
     data_commit: str | None = None
     git_tries: list[str] = []
     taken_by: StepTaker | None = None
+    cancelled: Cancellation | None = None
 
     @property
     def held_step(self) -> StepTaker | None:
@@ -414,6 +478,16 @@ class RunReport(BaseModel):
     def failed(self, reason: str) -> RunReport:
         """A copy of this report marked failed for `reason` (one line)."""
         return self.ended(RunStatus.FAILED, reason)
+
+    def cancel(self, by: str) -> RunReport:
+        """A copy of this report cancelled now by `by` (who asked: a user, a Celery revoke)."""
+        stop = Cancellation(by=by)
+        return self.updated(
+            status=RunStatus.CANCELLED,
+            error=f"cancelled by {by}",
+            finished_at=stop.at,
+            cancelled=stop,
+        )
 
 
 def build(model: type[M], **fields: Any) -> M:

@@ -13,7 +13,7 @@ from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 from celery.utils.time import get_exponential_backoff_interval
 
-from mao_celery import members, recovery
+from mao_celery import members, recovery, worker_info
 from mao_celery.celery_app import app
 from mao_celery.enqueue import lock_ttl_s, start_run
 from mao_celery.exceptions import AlreadyRunning, MaoError, NotFound, ServiceUnavailable
@@ -77,6 +77,26 @@ def recover_runs() -> dict[str, list[str]]:
     if done.lost or done.stale:
         log.warning("runs failed as lost: %s", ", ".join(done.lost + done.stale))
     return done.summary()
+
+
+@worker_ready.connect
+def publish_settings(sender: Any, **_: Any) -> None:
+    """When a worker is ready, publish the settings it runs with in the node's Redis (for
+    `maoctl config --effective`; see worker_info.py). A Redis outage only loses the entry."""
+    conf = node().settings
+    try:
+        worker_info.publish(conf, str(sender.hostname))
+    except ServiceUnavailable as e:
+        log.warning("could not publish this worker's settings: %s", e)
+
+
+@worker_shutdown.connect
+def withdraw_settings(sender: Any, **_: Any) -> None:
+    """On a clean worker shutdown, delete the settings it published."""
+    try:
+        worker_info.withdraw(node().settings, str(sender.hostname))
+    except ServiceUnavailable as e:
+        log.warning("could not delete this worker's published settings: %s", e)
 
 
 @worker_ready.connect

@@ -13,6 +13,10 @@ was lost with the worker): the run is failed as "lost" with its last known state
 
 Runs that nothing will end (queued more than a tool lock's lifetime ago, e.g. their message was
 lost) are failed as "lost" too. Records that cannot be read are logged and skipped.
+
+A cancelled run has ended: it is never resumed nor failed. A run cancelled while a sweep looks
+at it is read again before it is resumed, and a cancelled record is never overwritten
+(`RunStore.save`), so a sweep racing a cancel leaves it cancelled.
 """
 
 from __future__ import annotations
@@ -131,8 +135,8 @@ def _fail_stale(ctx: Node, report: RunReport, cutoff: datetime, done: Recovery) 
     if report.queued_at >= cutoff:
         return False
     age_s = (utcnow() - report.queued_at).total_seconds()
-    ctx.runs.save(report.failed(f"lost: not finished {age_s:.0f} s after it was queued"))
-    done.stale.append(report.run_id)
+    if ctx.runs.save(report.failed(f"lost: not finished {age_s:.0f} s after it was queued")):
+        done.stale.append(report.run_id)
     return True
 
 
@@ -142,13 +146,16 @@ def _resume_or_fail(ctx: Node, report: RunReport, done: Recovery) -> None:
     taker = _taker(report)
     if not ctx.runs.claim_resume(taker.task_id, report.run_id):
         return
+    current = ctx.runs.find(report.run_id)
+    if current is None or current.status.terminal:  # cancelled (or ended) since it was read
+        return
     if taker.step == RUN_CONTAINER and not container_exists(ctx.docker, report.run_id):
         reason = (
             f"lost: worker {taker.hostname} (pid {taker.pid}) died during {taker.step} and the "
             f"run's container is gone; last known state: {report.status}"
         )
-        ctx.runs.save(report.failed(reason))
-        done.lost.append(report.run_id)
+        if ctx.runs.save(report.failed(reason)):
+            done.lost.append(report.run_id)
         return
     try:
         run_chain(ctx.app, report, start=taker.step).apply_async()

@@ -22,6 +22,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from mao_celery.exceptions import (
     AlreadyExists,
+    Conflict,
     InvalidInput,
     MaoError,
     NotFound,
@@ -314,6 +315,72 @@ class Collection(Generic[M]):
         if raw is None:
             raise NotFound(f"{self.kind} {name!r} is not registered")
         return self._parse(key, raw)
+
+    def get_with_revision(self, name: str) -> tuple[M, int]:
+        """Entry `name`, validated, and its etcd mod revision (for `replace`).
+
+        Raises:
+            NotFound: no such entry.
+            InvalidInput: the stored value is not valid.
+            ServiceUnavailable: etcd did not answer.
+        """
+        key = self.key(name)
+        raw, meta = self._etcd.call(lambda client: client.get(key))
+        if raw is None:
+            raise NotFound(f"{self.kind} {name!r} is not registered")
+        return self._parse(key, raw), int(meta.mod_revision)
+
+    def replace(self, item: M, revision: int) -> None:
+        """Write `item` over its entry only if the entry's mod revision is still `revision`
+        (one etcd compare-and-swap transaction): a concurrent change is refused, never lost.
+
+        Raises:
+            Conflict: the entry changed (or was removed) since `revision`; nothing was written.
+            ServiceUnavailable: etcd did not answer.
+        """
+        name = getattr(item, "name")  # noqa: B009 - every registry model has a name
+        key = self.key(name)
+        value = item.model_dump_json()
+
+        def swap(client: pyetcd.MultiEndpointEtcd3Client) -> bool:
+            ok, _ = client.transaction(
+                compare=[client.transactions.mod(key) == revision],
+                success=[client.transactions.put(key, value)],
+                failure=[],
+            )
+            return bool(ok)
+
+        if self._etcd.call(swap):
+            return
+        current = self._current_revision(key)
+        if current is not None and self._stored(key) == item:
+            return  # a retried swap whose first reply was lost: our own write is there
+        now = "was removed" if current is None else f"is now at revision {current}"
+        raise Conflict(
+            f"{self.kind} {name!r} was changed by someone else since it was read (revision "
+            f"{revision}; it {now}): nothing was written; show it again and retry the update"
+        )
+
+    def update(self, name: str, change: Callable[[M], M]) -> M:
+        """Read entry `name`, apply `change` to it and write the result with a compare-and-swap
+        on the entry's mod revision (see `replace`). Returns the entry written.
+
+        Raises:
+            NotFound: no such entry.
+            Conflict: the entry changed between the read and the write; nothing was written.
+            InvalidInput: the stored value, or the changed one, is not valid (`change` raises it).
+            ServiceUnavailable: etcd did not answer.
+        """
+        item, revision = self.get_with_revision(name)
+        changed = change(item)
+        self._named_as_key(self.key(name), changed)
+        self.replace(changed, revision)
+        return changed
+
+    def _current_revision(self, key: str) -> int | None:
+        """The mod revision of `key`, or None when it does not exist."""
+        raw, meta = self._etcd.call(lambda client: client.get(key))
+        return None if raw is None else int(meta.mod_revision)
 
     def list(self) -> tuple[list[M], list[InvalidEntry]]:
         """All entries in one prefix read, sorted by name, and the ones that failed validation

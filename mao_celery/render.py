@@ -12,11 +12,12 @@ and the commands that print lines do not load it).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 import click
@@ -24,13 +25,16 @@ import click
 from mao_celery.text import format_gain_pct, printable, printable_lines, redact_url
 
 if TYPE_CHECKING:
+    from mao_celery.cancel import Cancelled
     from mao_celery.datasets import LocalDataset
     from mao_celery.health import Check
-    from mao_celery.models import Notification, RunReport
+    from mao_celery.models import Notification, RunReport, Tool
     from mao_celery.records import InvalidRecord
     from mao_celery.registry import InvalidEntry
     from mao_celery.schedules import Scheduled, ScheduleInfo
     from mao_celery.settings import Settings
+    from mao_celery.tools import RunOutput
+    from mao_celery.worker_info import PublishedSettings
 
 TIME = "%Y-%m-%d %H:%M:%S"
 STAGES = {
@@ -46,9 +50,14 @@ STAGES = {
 # ---- the output boundary ---------------------------------------------------------------------
 
 
-def error(message: object) -> None:
-    """Print `message` as one printable `error: ...` line on stderr."""
-    click.echo(f"error: {printable(message)}", err=True)
+def error(message: object, *, kind: str = "error", as_json: bool = False) -> None:
+    """Print `message` as one printable `error: ...` line on stderr; with `as_json` (a command
+    given --json) as one JSON object instead: `{"error": {"kind": KIND, "message": ...}}`."""
+    if as_json:
+        shown = {"error": {"kind": kind, "message": str(message)}}
+        click.echo(json.dumps(shown, allow_nan=False), err=True)
+    else:
+        click.echo(f"error: {printable(message)}", err=True)
 
 
 def note(message: object) -> None:
@@ -81,6 +90,25 @@ def warn_records(invalid: Iterable[InvalidRecord]) -> None:
         )
 
 
+class Skipped(Protocol):
+    """Something a listing left out: an invalid registry entry or node-local record."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+def listing_json(items: Iterable[Any], warnings: Iterable[Skipped] = ()) -> dict[str, Any]:
+    """The one JSON shape of every `--json` listing: `{"items": [...], "warnings": [{"key",
+    "reason"}]}`, the warnings naming what was skipped (or, for schedules, listed as invalid)."""
+    return {
+        "items": plain(list(items)),
+        "warnings": [{"key": w.key, "reason": w.reason} for w in warnings],
+    }
+
+
 def plain(value: Any) -> Any:
     """`value` as plain JSON data: models dumped in JSON mode, lists item by item."""
     if hasattr(value, "model_dump"):
@@ -95,25 +123,57 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(plain(data), indent=2, allow_nan=False))
 
 
-def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+def table_width() -> int | None:
+    """The width tables are drawn to: COLUMNS when set, else the terminal's; piped without
+    COLUMNS, 200 (long values stay on one line for grep)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None
+
+
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    folded: Iterable[str] = (),
+) -> None:
     """Print a table for people (rich); each cell is shown `printable`; "TITLE: none" when
-    there is no row."""
+    there is no row.
+
+    Drawn for the width of the screen (80 columns included): columns without vertical rules,
+    the cells of the `folded` columns (long free text: descriptions, URLs, errors) folded over
+    lines, every other cell (ids, times, numbers, states) kept on one line.
+    """
+    from rich import box
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    fold = set(folded)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        if column in fold:
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, no_wrap=True, overflow="ellipsis")
     for row in rows:
         # Text, not markup: registry values come from any member of the federation.
         table.add_row(*(Text("" if cell is None else printable(cell)) for cell in row))
     if not table.row_count:
         click.echo(f"{title}: none")
         return
-    console = Console()
-    if not console.is_terminal:  # piped: keep long ids and URLs on one line
-        console = Console(width=max(console.width, 200))
+    width = table_width()
+    console = Console(width=width) if width else Console()
+    if width is None and not console.is_terminal:  # piped: keep long ids and URLs on one line
+        console = Console(width=200)
     console.print(table)
 
 
@@ -122,37 +182,95 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
 
 @dataclass(frozen=True)
 class Listing:
-    """How a list of entries is shown for people: a titled table, one row per entry."""
+    """How a list of entries is shown for people: a titled table, one row per entry, the cells
+    of the `folded` columns folded over lines."""
 
     title: str
     columns: tuple[str, ...]
     row: Callable[[Any], Sequence[object]]
+    folded: tuple[str, ...] = ()
 
-    def show(self, items: Sequence[Any], as_json: bool) -> None:
-        """Print `items` as JSON, or as this table."""
+    def show(self, items: Sequence[Any], as_json: bool, warnings: Iterable[Skipped] = ()) -> None:
+        """Print `items` as this table, or as JSON (`listing_json`: with the `warnings`)."""
         if as_json:
-            print_json(list(items))
+            print_json(listing_json(items, warnings))
         else:
-            print_table(self.title, self.columns, (self.row(item) for item in items))
+            print_table(self.title, self.columns, (self.row(item) for item in items), self.folded)
 
 
-def _time(value: Any, fmt: str = TIME) -> str:
+COMPACT_TIME = "%Y-%m-%d %H:%M"
+"""Times in tables: to the minute (`run show` and JSON keep the seconds)."""
+
+
+def _time(value: Any, fmt: str = COMPACT_TIME) -> str:
     return "" if value is None else format(value, fmt)
+
+
+def short_id(run_id: str | None) -> str:
+    """A run id as tables show it: its first 8 characters (`run show` takes any unique prefix)."""
+    return "" if run_id is None else run_id[:SHORT_ID]
+
+
+SHORT_ID = 8
+
+
+def number(value: float | None) -> str:
+    """A number for people: at most 10 significant digits (0.10000000000000009 is 0.1); JSON
+    keeps the full value. None is "n/a"."""
+    if value is None:
+        return "n/a"
+    return str(float(f"{value:.10g}"))
 
 
 TOOLS = Listing(
     "Tools",
     ("name", "author", "image", "data repo", "artefact", "description"),
     lambda t: (t.name, t.author, t.image, redact_url(t.data_repo), t.artefact, t.description),
+    folded=("author", "image", "data repo", "artefact", "description"),
 )
 DATASETS = Listing(
-    "Datasets", ("name", "url", "description"), lambda d: (d.name, redact_url(d.url), d.description)
+    "Datasets",
+    ("name", "url", "description"),
+    lambda d: (d.name, redact_url(d.url), d.description),
+    folded=("url", "description"),
 )
 MEMBERS = Listing(
     "Members",
     ("node", "host", "version", "started", "last seen"),
     lambda m: (m.node_id, m.hostname, m.version, _time(m.started_at), _time(m.last_seen)),
+    folded=("node", "host", "version"),
 )
+URL_FIELDS = frozenset({"data_repo", "code_repo", "url"})
+
+
+def detail_lines(entry: Any) -> list[str]:
+    """A registry entry (a tool, a dataset) as `field  value` lines, one per field of its
+    model in the model's order (fields added to the model are shown without change here);
+    URLs masked, an unset field "-", nested values as compact JSON."""
+    values = entry.model_dump(mode="json")
+    width = max(len(name) for name in values) + 2
+    lines = []
+    for name, value in values.items():
+        if value is None:
+            shown = "-"
+        elif name in URL_FIELDS and isinstance(value, str):
+            shown = redact_url(value)
+        elif isinstance(value, dict | list):
+            shown = json.dumps(value, allow_nan=False)
+        elif isinstance(value, float):
+            shown = number(value)
+        else:
+            shown = str(value)
+        lines.append(f"{name:<{width}}{shown}")
+    return lines
+
+
+def show_detail(entry: Any, as_json: bool) -> None:
+    """Print one registry entry as JSON (the model) or as `detail_lines`."""
+    if as_json:
+        print_json(entry)
+    else:
+        echo_lines(detail_lines(entry))
 
 
 def _local(value: Any) -> str:
@@ -172,7 +290,7 @@ def schedule_row(i: ScheduleInfo) -> Sequence[object]:
         _time(i.next_run_at) if i.next_run_at else "paused",
         _local(i.next_run_local),
         _time(i.last_fired_at),
-        i.last_run_id,
+        short_id(i.last_run_id),
         result,
     )
 
@@ -181,7 +299,15 @@ SCHEDULES = Listing(
     "Schedules (times in UTC; next local: in the schedule's zone)",
     ("tool", "state", "schedule", "next run", "next local", "last fire", "last run", "result"),
     schedule_row,
+    folded=("tool", "schedule", "result"),
 )
+
+
+def schedule_warnings(infos: Iterable[ScheduleInfo]) -> list[InvalidRecord]:
+    """The schedule entries that cannot be read, as the warnings of `schedule list --json`."""
+    from mao_celery.records import InvalidRecord
+
+    return [InvalidRecord(i.key, i.error or "invalid") for i in infos if i.state == "invalid"]
 
 
 def warn_invalid_schedules(infos: Iterable[ScheduleInfo]) -> None:
@@ -228,9 +354,9 @@ LISTINGS = {"tool": TOOLS, "dataset": DATASETS}
 
 
 def run_row(r: RunReport) -> Sequence[object]:
-    """A run as a row of `show_runs`."""
+    """A run as a row of `show_runs`: its short id, compact times, the gain rounded."""
     return (
-        r.run_id,
+        short_id(r.run_id),
         r.status,
         _time(r.queued_at),
         _time(r.finished_at, "%H:%M:%S"),
@@ -241,10 +367,16 @@ def run_row(r: RunReport) -> Sequence[object]:
     )
 
 
-def show_runs(tool: str, reports: Sequence[RunReport], as_json: bool) -> None:
-    """Print the runs of `tool` as JSON or as a table."""
-    columns = ("run", "status", "queued", "finished", "exit", "spike", "gain %", "error")
-    Listing(f"Runs of {tool}", columns, run_row).show(reports, as_json)
+RUN_COLUMNS = ("run", "status", "queued", "finished", "exit", "spike", "gain %", "error")
+
+
+def show_runs(
+    tool: str, reports: Sequence[RunReport], as_json: bool, warnings: Iterable[Skipped] = ()
+) -> None:
+    """Print the runs of `tool` as JSON (`listing_json`) or as a table."""
+    Listing(f"Runs of {tool}", RUN_COLUMNS, run_row, folded=("error",)).show(
+        reports, as_json, warnings
+    )
 
 
 def show_repair(invalid: Sequence[InvalidRecord], deleted: bool, as_json: bool) -> None:
@@ -264,29 +396,42 @@ def show_repair(invalid: Sequence[InvalidRecord], deleted: bool, as_json: bool) 
 
 
 def notification_row(n: Notification) -> Sequence[object]:
-    """A notification as a row of `show_notifications`."""
+    """A notification as a row of `show_notifications`: numbers rounded, the run's short id."""
     gain = format_gain_pct(n.gain_pct, unit="")
-    return (_time(n.detected_at), n.tool, n.node, n.control_value, n.baseline, gain, n.run_id)
+    return (
+        _time(n.detected_at),
+        n.tool,
+        n.node,
+        number(n.control_value),
+        number(n.baseline),
+        gain,
+        short_id(n.run_id),
+    )
 
 
-def show_notifications(found: Sequence[tuple[str, Notification]], as_json: bool) -> None:
-    """Print notifications (with their etcd keys) as JSON or as a table."""
+def show_notifications(
+    found: Sequence[tuple[str, Notification]], as_json: bool, warnings: Iterable[Skipped] = ()
+) -> None:
+    """Print notifications (with their etcd keys) as JSON (`listing_json`) or as a table."""
     if as_json:
-        print_json([{"key": key} | n.model_dump(mode="json") for key, n in found])
+        items = [{"key": key} | n.model_dump(mode="json") for key, n in found]
+        print_json(listing_json(items, warnings))
         return
     columns = ("detected", "tool", "node", "value", "baseline", "gain %", "run")
-    print_table("Notifications", columns, (notification_row(n) for _, n in found))
+    rows = (notification_row(n) for _, n in found)
+    print_table("Notifications", columns, rows, folded=("tool", "node"))
 
 
 def show_local_datasets(local: Sequence[LocalDataset], as_json: bool) -> None:
-    """Print the data directories under importdir as JSON or as a table."""
+    """Print the data directories under importdir as JSON (`listing_json`) or as a table."""
     if as_json:
-        print_json([asdict(item) | {"path": str(item.path)} for item in local])
+        print_json(listing_json(asdict(item) | {"path": str(item.path)} for item in local))
         return
     print_table(
         "Local datasets",
         ("name", "path", "git", "head", "remote"),
         ((d.name, d.path, "yes" if d.is_git else "no", d.head, d.remote) for d in local),
+        folded=("name", "path", "remote"),
     )
 
 
@@ -294,10 +439,9 @@ def show_local_datasets(local: Sequence[LocalDataset], as_json: bool) -> None:
 
 
 def settings_values(conf: Settings) -> dict[str, Any]:
-    """The settings as JSON data, passwords in URLs masked."""
-    values = conf.model_dump(mode="json")
-    values["redis_url"] = redact_url(values["redis_url"])
-    return values
+    """The settings as JSON data, derived values filled in (e.g. the broker's visibility
+    timeout), passwords in URLs masked (`Settings.effective_values`)."""
+    return conf.effective_values()
 
 
 def show_settings(conf: Settings, as_json: bool) -> None:
@@ -312,7 +456,7 @@ def show_settings(conf: Settings, as_json: bool) -> None:
 def show_checks(checks: Sequence[Check], as_json: bool) -> None:
     """Print the health checks as JSON or as `name OK|FAIL detail` lines."""
     if as_json:
-        print_json([{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks])
+        print_json([{"name": c.name, "ok": c.ok, "detail": c.detail, **c.data} for c in checks])
     else:
         echo_lines(f"{c.name:<10} {'OK' if c.ok else 'FAIL'}  {c.detail}" for c in checks)
 
@@ -369,9 +513,9 @@ def report_lines(report: RunReport) -> list[str]:
         files = "file" if len(spike.files) == 1 else "files"
         lines += [
             f"snapshots  {len(spike.files)} valid control {files} ({len(spike.new_files)} new)",
-            f"baseline   {_or_na(spike.baseline)}",
-            f"current    {_or_na(spike.latest)}",
-            f"difference {_or_na(spike.difference)}",
+            f"baseline   {number(spike.baseline)}",
+            f"current    {number(spike.latest)}",
+            f"difference {number(spike.difference)}",
             f"gain       {format_gain_pct(spike.gain_pct, digits=2)}",
             f"spike      {'YES' if spike.spike else 'no'}  ({spike.reason})",
         ]
@@ -397,5 +541,142 @@ def show_report(report: RunReport, as_json: bool) -> None:
         echo_lines(report_lines(report))
 
 
-def _or_na(value: float | None) -> str:
-    return "n/a" if value is None else str(value)
+# ---- tool limits, effective settings (issue 12) ----------------------------------------------
+
+
+def _size(value: float) -> str:
+    """Bytes for people: MiB (or GiB from 1 GiB), e.g. "512 MiB"."""
+    return f"{value / (1 << 30):g} GiB" if value >= 1 << 30 else f"{value / (1 << 20):g} MiB"
+
+
+def tool_limit_lines(tool: Tool, conf: Settings) -> list[str]:
+    """What tool `tool` gets on this node: each run limit, whether the tool or the node's
+    default sets it, and the node's maximum; a limit above the maximum is marked refused."""
+    rows: tuple[tuple[str, float | None, float | None, float, Callable[[float], str]], ...] = (
+        ("timeout", tool.timeout_s, conf.run_timeout_s, conf.timeout_max_s, lambda v: f"{v:g} s"),
+        ("memory", tool.memory_bytes, conf.run_memory_bytes, conf.memory_max_bytes, _size),
+        ("cpus", tool.cpus, conf.cpus_default, conf.cpus_max, lambda v: f"{v:g}"),
+    )
+    lines = ["on this node:"]
+    for what, asked, default, maximum, shown in rows:
+        value = asked if asked is not None else default
+        origin = "the tool's" if asked is not None else "node default"
+        text = "no limit" if value is None else shown(value)
+        refused = "  REFUSED: above the maximum" if asked is not None and asked > maximum else ""
+        lines.append(f"  {what:<8}{text} ({origin}; max {shown(maximum)}){refused}")
+    network = tool.network or conf.tool_network
+    allowed = "allowed" if network in conf.tool_networks_allowed else "NOT allowed here"
+    lines.append(f"  {'network':<8}{network} ({allowed})")
+    return lines
+
+
+def show_effective_settings(
+    conf: Settings, published: Sequence[PublishedSettings], answering: Sequence[str], as_json: bool
+) -> None:
+    """Print the local settings next to those each worker published (`worker_info`), derived
+    values filled in; a worker that does not answer a ping is marked stale, and the settings in
+    which a worker differs from the local ones are marked `*`."""
+    local = settings_values(conf)
+    workers: list[dict[str, Any]] = [
+        {
+            "hostname": p.hostname,
+            "pid": p.pid,
+            "started_at": p.started_at.isoformat(),
+            "answering": p.hostname in answering,
+            "settings": p.settings,
+        }
+        for p in published
+    ]
+    differing = {
+        name: {
+            "local": local.get(name),
+            **{w["hostname"]: w["settings"].get(name) for w in workers},
+        }
+        for name in sorted({*local, *(n for w in workers for n in w["settings"])})
+        if any(w["settings"].get(name) != local.get(name) for w in workers)
+    }
+    if as_json:
+        print_json({"local": local, "workers": workers, "differences": differing})
+        return
+    if not workers:
+        note("no worker has published its settings (none started since): local settings only")
+    for w in workers:
+        state = "answering" if w["answering"] else "not answering: stale entry"
+        note(f"worker {w['hostname']} (pid {w['pid']}, started {w['started_at']}; {state})")
+    names = list(local) + [n for n in differing if n not in local]
+    header = "local" + "".join(f" | {w['hostname']}" for w in workers)
+    lines = [f"{'setting':<28} {header}"]
+    for name in names:
+        cells = [str(local.get(name))]
+        for w in workers:
+            value = w["settings"].get(name)
+            cells.append(f"{value}{' *' if name in differing else ''}")
+        lines.append(f"{name:<28} {' | '.join(cells)}")
+    echo_lines(lines)
+    if differing:
+        note(f"* differs from the local value: {', '.join(differing)}")
+
+
+# ---- cancel and output of a run ----------------------------------------------------------------
+
+
+def show_cancelled(done: Cancelled, as_json: bool) -> None:
+    """Print what `run cancel` did as JSON (`{"run_id", "cancelled", "status",
+    "container_removed", "report"}`) or as one line: cancelled now, or already ended and how."""
+    report = done.report
+    if as_json:
+        print_json(
+            {
+                "run_id": report.run_id,
+                "cancelled": done.cancelled,
+                "status": str(report.status),
+                "container_removed": done.container_removed,
+                "report": plain(report),
+            }
+        )
+        return
+    container = "; its container was stopped and removed" if done.container_removed else ""
+    if done.cancelled:
+        line = f"run {report.run_id} cancelled; tool {report.tool} is free{container}"
+    elif report.cancelled is not None:
+        when = _time(report.cancelled.at)
+        line = f"run {report.run_id} was already cancelled by {report.cancelled.by} at {when} UTC"
+        line += container
+    else:
+        line = f"run {report.run_id} already ended ({report.status}); nothing to cancel"
+    echo_lines([line])
+
+
+def interrupted_follow_lines(run_id: str) -> list[str]:
+    """What Ctrl-C in `tool run` says: the run goes on, and how to follow or cancel it."""
+    return [
+        f"stopped waiting; run {run_id} goes on",
+        f"  follow it:  maoctl run show {run_id}   or   maoctl run logs {run_id} --follow",
+        f"  cancel it:  maoctl run cancel {run_id}",
+    ]
+
+
+def show_output(pieces: Iterable[RunOutput], tail: int | None) -> None:
+    """Print a run's output (`tools.run_output`) on stdout line by line, each line `printable`
+    (a tool's output cannot drive the terminal), a line cut between two pieces printed once
+    whole; with `tail`, only the last `tail` lines of the first piece (what was kept so far).
+    Bytes no longer kept are said on stderr."""
+    pending = b""
+    first = True
+    for piece in pieces:
+        if piece.tail_only:
+            note("only the last lines of this run's output were kept (an older run)")
+        elif piece.skipped:
+            note(f"[{piece.skipped} bytes of output not kept: a run keeps its last 1 MiB]")
+        pending += piece.data
+        complete, newline, pending = pending.rpartition(b"\n")
+        lines = complete.decode("utf-8", errors="replace").split("\n") if newline else []
+        if first and tail is not None:  # the last `tail` lines, a last one without \n counted
+            kept = tail - (1 if pending and tail else 0)
+            lines = lines[max(0, len(lines) - kept) :] if kept else []
+            pending = pending if tail else b""
+        first = False
+        for line in lines:
+            click.echo(printable(line))
+    if pending:
+        click.echo(printable(pending.decode("utf-8", errors="replace")))

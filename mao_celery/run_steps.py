@@ -8,13 +8,15 @@ spike rule on the control files) -> publish (the notification of a spike; the ru
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from mao_celery import containers, datasets, spike
 from mao_celery.enqueue import RUN_CONTAINER
-from mao_celery.exceptions import NotFound
+from mao_celery.exceptions import InvalidInput, NotFound
 from mao_celery.models import TERMINAL_STATUSES, Notification, RunReport, RunStatus, utcnow
 from mao_celery.node import Node
+from mao_celery.runs import RunStore
 
 ADOPTION_WAIT_S = 60.0
 """How long a twin task waits for the outcome recorded by the task whose container it adopted."""
@@ -24,9 +26,16 @@ def prepare(ctx: Node, report: RunReport) -> RunReport:
     """Read the tool from the registry, clone its data repository on first use and hand the data
     directory to the tool's user. The report records the commit the tool runs on and each
     failed try of git; git's own retries are bounded (`datasets.GitLimits`), so a data
-    repository host that cannot be read fails the run at once instead of the step's retries."""
+    repository host that cannot be read fails the run at once instead of the step's retries.
+
+    The run's limits (timeout, memory, CPUs) are the tool's, else the node's defaults; a tool
+    asking for more than this node's maxima fails the run before anything is cloned."""
     tool = ctx.registry.tools.get(report.tool)
     conf = ctx.settings
+    try:
+        limits = conf.run_limits(tool.timeout_s, tool.memory_bytes, tool.cpus)
+    except InvalidInput as e:
+        return report.failed(f"tool {tool.name!r} asks for more than this node allows: {e}")
     data_dir = datasets.local_path(conf.importdir, tool.name)
     tries: list[str] = []
     try:
@@ -45,7 +54,9 @@ def prepare(ctx: Node, report: RunReport) -> RunReport:
         data_commit=datasets.head_commit(data_dir),
         git_tries=tries,
         started_at=utcnow(),
-        timeout_s=conf.run_timeout_s,
+        timeout_s=limits.timeout_s,
+        memory_bytes=limits.memory_bytes,
+        cpus=limits.cpus,
         image=tool.image,
         data_dir=str(data_dir),
         spike_window=tool.spike_window or conf.spike_window,
@@ -73,7 +84,8 @@ def tool_box(ctx: Node, name: str) -> tuple[str | None, bool]:
 def run(ctx: Node, report: RunReport) -> RunReport:
     """Run the tool's container on the data directory (or adopt the run's container), as the
     node's `tool_user`, on the network the tool asks for if the node allows it, with the root file
-    system the tool asks for (see `tool_box`); the report records the user and network.
+    system the tool asks for (see `tool_box`), within the limits `prepare` chose (timeout,
+    memory, CPUs); the report records the user and network.
 
     Raises:
         RunFailed: the node does not allow the tool's network (no container is started).
@@ -84,6 +96,10 @@ def run(ctx: Node, report: RunReport) -> RunReport:
         report.tool, asked, conf.tool_network, conf.tool_networks_allowed
     )
     report = report.updated(user=conf.tool_user, network=network)
+    # the limits chosen by `prepare`; a report prepared by an older worker has none: the node's
+    memory_bytes, cpus = report.memory_bytes, report.cpus
+    if memory_bytes is None:
+        memory_bytes, cpus = conf.run_memory_bytes, conf.cpus_default
     spec = containers.ContainerSpec(
         run_id=report.run_id,
         tool=report.tool,
@@ -91,19 +107,26 @@ def run(ctx: Node, report: RunReport) -> RunReport:
         data_dir=Path(report.data_dir),
         user=report.user,
         timeout_s=report.timeout_s,
-        memory_bytes=conf.run_memory_bytes,
-        nano_cpus=int(conf.run_cpus * 1e9) if conf.run_cpus else None,
+        memory_bytes=memory_bytes,
+        nano_cpus=int(cpus * 1e9) if cpus else None,
         network_mode=network,
         read_only_rootfs=read_only_rootfs,
     )
     try:
-        outcome = containers.run_container(ctx.docker, spec)
+        outcome = containers.run_container(
+            ctx.docker,
+            spec,
+            log_sink=RunLog(ctx.runs, report.run_id),
+            cancelled=lambda: ctx.runs.get(report.run_id).status == RunStatus.CANCELLED,
+        )
     except containers.ContainerGone:
         return adopted_outcome(ctx, report)
     datasets.hand_over(Path(report.data_dir), *conf.tool_uid_gid)  # no setuid file left behind
     stored = ctx.runs.get(report.run_id)
     if stored.status == RunStatus.INTERRUPTED:
         return stored
+    if stored.status == RunStatus.CANCELLED:  # stopped by `run cancel` or a Celery revoke
+        return stored.updated(exit_code=outcome.exit_code, log_tail=outcome.log_tail)
     report = report.updated(
         container_name=outcome.container_name,
         exit_code=outcome.exit_code,
@@ -112,6 +135,32 @@ def run(ctx: Node, report: RunReport) -> RunReport:
     if outcome.failure is not None:  # containers.judge: timeout, memory, signal or exit code
         return report.failed(outcome.failure)
     return report
+
+
+@dataclass(frozen=True)
+class RunLog:
+    """A run's container output, kept next to its record (`RunStore.append_log`: the last
+    `runs.LOG_MAX_BYTES` bytes); a `containers.LogSink`."""
+
+    runs: RunStore
+    run_id: str
+
+    def restart(self) -> None:
+        """Forget the output kept so far (the container's output is read again from its start).
+
+        Raises:
+            ServiceUnavailable: Redis did not answer.
+        """
+        self.runs.clear_log(self.run_id)
+
+    def write(self, data: bytes) -> None:
+        """Keep `data`, the next bytes of the container's output.
+
+        Raises:
+            InvalidState: the log key is of the wrong Redis type.
+            ServiceUnavailable: Redis did not answer.
+        """
+        self.runs.append_log(self.run_id, data)
 
 
 def adopted_outcome(ctx: Node, report: RunReport) -> RunReport:

@@ -3,7 +3,9 @@ tool, and the per-tool lock that allows one run of a tool at a time on a node (d
 
 Keys: `mao:run:<run_id>` (the report, JSON), `mao:runs:<tool>` (sorted set of run ids by queue
 time), `mao:lock:<tool>` (the run id holding the tool, with a time to live), `mao:resumed:<task
-id>` (a step of a dead worker resumed by recovery.py, kept a day so it is resumed once).
+id>` (a step of a dead worker resumed by recovery.py, kept a day so it is resumed once),
+`mao:log:<run_id>` (the container's output, its last `LOG_MAX_BYTES` bytes) and
+`mao:logcut:<run_id>` (how many bytes were cut from its start), deleted with the run's record.
 
 A record that cannot be read (wrong Redis type, not JSON, not a valid report) is skipped with a
 warning by listings and sweeps (`InvalidRecord`) and is `InvalidState` (naming its key) for a
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar, cast
@@ -21,7 +24,13 @@ from typing import TypeVar, cast
 import redis
 from pydantic import ValidationError
 
-from mao_celery.exceptions import AlreadyRunning, InvalidInput, InvalidState, NotFound
+from mao_celery.exceptions import (
+    AlreadyRunning,
+    AmbiguousId,
+    InvalidInput,
+    InvalidState,
+    NotFound,
+)
 from mao_celery.exceptions import describe_validation_error as describe
 from mao_celery.models import TERMINAL_STATUSES, RunReport
 from mao_celery.records import NONE, STRING, ZSET, InvalidRecord, checked_call, wrong_type
@@ -34,6 +43,12 @@ RUN_KEY = "mao:run:"
 RUNS_KEY = "mao:runs:"
 LOCK_KEY = "mao:lock:"
 RESUMED_KEY = "mao:resumed:"
+LOG_KEY = "mao:log:"
+LOG_CUT_KEY = "mao:logcut:"
+LOG_MAX_BYTES = 1 << 20
+"""Most bytes of a run's container output kept (the last ones): 1 MiB per run."""
+_RUN_ID_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""What a run id (models.validate_run_id) or a prefix of one looks like: no glob character."""
 
 # Take the tool's lock for a new run and record the run, atomically. The lock is taken when it is
 # free, already held by this run, or held by a run that has ended or left no record (stale). A
@@ -71,6 +86,30 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 return false
 """
 
+# Store a run's report unless its stored record says it was cancelled (a cancelled run stays so,
+# whatever a step still under way or the recovery writes after it). Returns 1 when written.
+_SAVE = """
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and ARGV[2] ~= 'cancelled' then
+  local ok, run = pcall(cjson.decode, redis.call('GET', KEYS[1]))
+  if ok and type(run) == 'table' and run['status'] == 'cancelled' then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Append output to a run's log and keep its last ARGV[2] bytes; the bytes cut are counted.
+_APPEND_LOG = """
+local size = redis.call('APPEND', KEYS[1], ARGV[1])
+local max = tonumber(ARGV[2])
+if size > max then
+  redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], size - max, -1))
+  redis.call('INCRBY', KEYS[2], size - max)
+end
+return size
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -94,6 +133,13 @@ class RunStore:
         self._history = history
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
+        self._save = client.register_script(_SAVE)
+        pool = client.connection_pool
+        kwargs = pool.connection_kwargs | {"decode_responses": False}
+        self._bytes = redis.Redis(  # the same Redis, answering bytes (a tool's output)
+            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        )
+        self._append_log = client.register_script(_APPEND_LOG)
 
     @classmethod
     def from_url(cls, url: str, history: int = 50) -> RunStore:
@@ -138,22 +184,114 @@ class RunStore:
         if answer:
             raise AlreadyRunning(report.tool, str(answer))
 
-    def save(self, report: RunReport) -> None:
+    def save(self, report: RunReport) -> bool:
         """Store the current state of a run; a finished run releases its tool's lock and the
-        tool's history is cut to the newest `history` runs.
+        tool's history is cut to the newest `history` runs. A run stored as cancelled stays
+        cancelled: the report is then not written, and False returned (True when written).
 
         Raises:
             InvalidState: the tool's lock or run index is of the wrong Redis type.
             ServiceUnavailable: Redis did not answer.
         """
 
-        def write() -> None:
-            self._redis.set(RUN_KEY + report.run_id, report.model_dump_json())
+        def write() -> bool:
+            key = RUN_KEY + report.run_id
+            if not self._save(keys=[key], args=[report.model_dump_json(), str(report.status)]):
+                return False
             if report.status in TERMINAL_STATUSES:
                 self._release(keys=[_lock_key(report.tool)], args=[report.run_id])
                 self._trim(report.tool)
+            return True
 
-        self._call(write, {_lock_key(report.tool): STRING, _runs_key(report.tool): ZSET})
+        return self._call(write, {_lock_key(report.tool): STRING, _runs_key(report.tool): ZSET})
+
+    def cancel(self, run_id: str, by: str) -> tuple[RunReport, bool]:
+        """Mark run `run_id` cancelled by `by` unless it has ended (atomically: a step that
+        ends it at the same moment wins or loses whole), releasing its tool's lock. Returns the
+        run's report and whether this call cancelled it (False: it had already ended).
+
+        Raises:
+            NotFound: no such run.
+            InvalidState: its record cannot be read, or its tool's lock or index is of the wrong
+                Redis type.
+            ServiceUnavailable: Redis did not answer.
+        """
+        key = RUN_KEY + run_id
+
+        def mark() -> tuple[RunReport | None, bool]:
+            with self._redis.pipeline() as pipe:
+                while True:
+                    try:
+                        pipe.watch(key)  # type: ignore[no-untyped-call]
+                        raw = cast(str | None, pipe.get(key))
+                        if raw is None:
+                            return None, False
+                        report = parse_report(key, raw)
+                        if report.status.terminal:
+                            return report, False
+                        done = report.cancel(by)
+                        pipe.multi()
+                        pipe.set(key, done.model_dump_json())
+                        pipe.execute()
+                        return done, True
+                    except redis.WatchError:
+                        continue
+
+        report, cancelled = self._call(mark, {key: STRING})
+        if report is None:
+            raise NotFound(f"run {run_id!r} is not known on this node")
+        if cancelled:
+            self.save(report)  # releases the tool's lock, trims the history
+        return report, cancelled
+
+    def append_log(self, run_id: str, data: bytes, max_bytes: int = LOG_MAX_BYTES) -> None:
+        """Append `data` to run `run_id`'s stored output, keeping its last `max_bytes` bytes.
+
+        Raises:
+            InvalidState: the log key is of the wrong Redis type.
+            ServiceUnavailable: Redis did not answer.
+        """
+        keys = [LOG_KEY + run_id, LOG_CUT_KEY + run_id]
+        self._call(lambda: self._append_log(keys=keys, args=[data, max_bytes]), {keys[0]: STRING})
+
+    def clear_log(self, run_id: str) -> None:
+        """Delete run `run_id`'s stored output (before a container's output is read again).
+
+        Raises:
+            ServiceUnavailable: Redis did not answer.
+        """
+        self._call(lambda: self._redis.delete(LOG_KEY + run_id, LOG_CUT_KEY + run_id))
+
+    def read_log(self, run_id: str, start: int = 0) -> tuple[bytes, int, int]:
+        """Run `run_id`'s stored output from byte `start` of everything it printed (counted
+        from the container's first byte, cut bytes included) to what is stored now.
+
+        Returns:
+            (the bytes, the position of their first byte, the position after their last byte);
+            the first position exceeds `start` when bytes from `start` on were cut (the log
+            keeps the last `LOG_MAX_BYTES`).
+
+        Raises:
+            InvalidState: a log key is of the wrong Redis type.
+            ServiceUnavailable: Redis did not answer.
+        """
+        log_key, cut_key = LOG_KEY + run_id, LOG_CUT_KEY + run_id
+
+        def read() -> tuple[bytes, int]:
+            pipe = self._bytes.pipeline(transaction=True)
+            pipe.get(cut_key)
+            pipe.strlen(log_key)
+            cut_raw, size = pipe.execute()
+            cut = int(cut_raw or 0)
+            first = max(start, cut)
+            if first - cut >= size:
+                return b"", cut
+            data = cast(bytes, self._bytes.getrange(log_key, first - cut, -1))
+            return data, cut
+
+        data, cut = self._call(read, {log_key: STRING, cut_key: STRING})
+        first = max(start, cut)
+        return data, first, first + len(data)
 
     def _trim(self, tool: str) -> None:
         runs_key = _runs_key(tool)
@@ -162,6 +300,8 @@ class RunStore:
             pipe = self._redis.pipeline()
             pipe.zrem(runs_key, *old)
             pipe.delete(*(RUN_KEY + run_id for run_id in old))
+            pipe.delete(*(LOG_KEY + run_id for run_id in old))
+            pipe.delete(*(LOG_CUT_KEY + run_id for run_id in old))
             pipe.execute()
 
     def unfinished(self) -> tuple[list[RunReport], list[InvalidRecord]]:
@@ -234,6 +374,37 @@ class RunStore:
         if report is None:
             raise NotFound(f"run {run_id!r} is not known on this node")
         return report
+
+    def resolve(self, prefix: str) -> str:
+        """The id of the one run of this node whose id is `prefix` or starts with it (like git
+        and docker: the 8 characters tables show, or fewer when unique).
+
+        An exact id wins over longer ids it prefixes. Records that cannot be read count (so
+        `run forget` reaches them).
+
+        Raises:
+            NotFound: no run id starts with `prefix` (or it cannot be a run id).
+            AmbiguousId: several do; the message says how many.
+            ServiceUnavailable: Redis did not answer.
+        """
+        if not _RUN_ID_PREFIX.fullmatch(prefix):
+            raise NotFound(f"run {prefix!r} is not known on this node")
+        exact = RUN_KEY + prefix
+
+        def matches() -> list[str]:
+            if self._redis.exists(exact):
+                return [prefix]
+            keys = cast(list[str], list(self._redis.scan_iter(match=exact + "*", count=1000)))
+            return sorted({key.removeprefix(RUN_KEY) for key in keys})
+
+        found = self._call(matches)
+        if not found:
+            raise NotFound(f"run {prefix!r} is not known on this node")
+        if len(found) > 1:
+            raise AmbiguousId(
+                f"run id prefix {prefix!r} is ambiguous ({len(found)} runs): give more characters"
+            )
+        return found[0]
 
     def find(self, run_id: str) -> RunReport | None:
         """The report of run `run_id`, or None when there is none.
@@ -344,6 +515,7 @@ class RunStore:
                 changed.append(lock)
         if self._redis.delete(RUN_KEY + run_id):
             changed.append(RUN_KEY + run_id)
+        self._redis.delete(LOG_KEY + run_id, LOG_CUT_KEY + run_id)
         return changed
 
     def wait(
@@ -365,8 +537,10 @@ class RunStore:
         return report
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         self._redis.close()
+        self._bytes.close()
+        self._bytes.connection_pool.disconnect()
 
 
 def parse_report(key: str, raw: str) -> RunReport:

@@ -12,8 +12,8 @@ import configparser
 import os
 import re
 import socket
-import threading
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -27,7 +27,22 @@ from pydantic_settings import (
 )
 
 from mao_celery.exceptions import InvalidInput, describe_validation_error
-from mao_celery.models import validate_network, validate_node_id
+from mao_celery.models import (
+    DOCKER_MAX_MEMORY_BYTES as DOCKER_MAX_MEMORY_BYTES,
+)
+from mao_celery.models import (
+    DOCKER_MIN_CPUS as DOCKER_MIN_CPUS,
+)
+from mao_celery.models import (
+    DOCKER_MIN_MEMORY_BYTES as DOCKER_MIN_MEMORY_BYTES,
+)
+from mao_celery.models import (
+    MAX_WAIT_S as MAX_WAIT_S,
+)
+from mao_celery.models import (
+    validate_network,
+    validate_node_id,
+)
 from mao_celery.text import redact_url
 
 DEFAULT_IMPORTDIR = Path.home() / ".local" / "share" / "mao" / "importdir"
@@ -39,19 +54,9 @@ BEAT_MAX_LOOP_INTERVAL_S = 5
 # MAO_TOOL_USER: numeric uid:gid (names would need the image's /etc/passwd).
 TOOL_USER_RE = re.compile(r"(?P<uid>[0-9]{1,10}):(?P<gid>[0-9]{1,10})")
 
-# Limits of the services the settings end up in.
-MAX_WAIT_S = threading.TIMEOUT_MAX / 8
-"""Longest run timeout or visibility timeout, in seconds (about 36 years): the worker waits on
-them with Python's timeouts (`threading.TIMEOUT_MAX`, about 292 years) and adds a few of them
-together (a tool lock lives visibility timeout + run timeout + 5 min), so a sum stays below."""
+# Limits of the services the settings end up in (MAX_WAIT_S and the Docker limits: models.py).
 ETCD_MAX_LEASE_TTL_S = 9_000_000_000
 """etcd's largest lease TTL in seconds (`lease.MaxLeaseTTL`); a longer one is refused by etcd."""
-DOCKER_MIN_MEMORY_BYTES = 16 << 20
-"""Smallest memory limit we accept, in bytes (Docker's own minimum is 6 MiB; a tool needs more)."""
-DOCKER_MAX_MEMORY_BYTES = (1 << 63) - 1
-"""Docker keeps the memory limit as a signed 64-bit number of bytes."""
-DOCKER_MIN_CPUS = 0.01
-"""Docker's smallest CPU limit (`--cpus`); its largest is the number of CPUs of the host."""
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -104,6 +109,16 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
         return _read_config_file(Path(self._path)) if self._path else {}
 
 
+@dataclass(frozen=True)
+class RunLimits:
+    """The limits of one tool container: seconds before it is killed, bytes of memory, CPUs
+    (None: no CPU limit)."""
+
+    timeout_s: float
+    memory_bytes: int
+    cpus: float | None
+
+
 class Settings(BaseSettings):
     """Everything a node is configured with. Times are in seconds, sizes in bytes."""
 
@@ -125,6 +140,11 @@ class Settings(BaseSettings):
         default=1 << 30, ge=DOCKER_MIN_MEMORY_BYTES, le=DOCKER_MAX_MEMORY_BYTES
     )
     run_cpus: float | None = Field(default=None, ge=DOCKER_MIN_CPUS)
+    run_timeout_max_s: float | None = Field(default=None, gt=0, le=MAX_WAIT_S)
+    run_memory_max_bytes: int | None = Field(
+        default=None, ge=DOCKER_MIN_MEMORY_BYTES, le=DOCKER_MAX_MEMORY_BYTES
+    )
+    run_cpus_max: float | None = Field(default=None, ge=DOCKER_MIN_CPUS)
     tool_user: str = "10001:10001"
     tool_network: str = "none"
     tool_networks_allowed: Annotated[list[str], NoDecode] = ["none"]
@@ -185,7 +205,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{redact_url(value)!r}: the port must be 1-65535")
         return value
 
-    @field_validator("run_cpus")
+    @field_validator("run_cpus", "run_cpus_max")
     @classmethod
     def _check_cpus(cls, value: float | None) -> float | None:
         available = os.cpu_count() or 1
@@ -240,10 +260,94 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_maxima(self) -> Settings:
+        pairs = (
+            ("run_timeout_s", self.run_timeout_s, "run_timeout_max_s", self.run_timeout_max_s),
+            (
+                "run_memory_bytes",
+                self.run_memory_bytes,
+                "run_memory_max_bytes",
+                self.run_memory_max_bytes,
+            ),
+            ("run_cpus", self.run_cpus, "run_cpus_max", self.run_cpus_max),
+        )
+        for name, value, max_name, maximum in pairs:
+            if value is not None and maximum is not None and value > maximum:
+                raise ValueError(
+                    f"{name} {value:g} is above {max_name} {maximum:g}: the default must be "
+                    "within the maximum"
+                )
+        return self
+
+    @property
+    def timeout_max_s(self) -> float:
+        """The longest run timeout a tool may ask for on this node, in seconds
+        (`MAO_RUN_TIMEOUT_MAX_S`; unset: the default `MAO_RUN_TIMEOUT_S`)."""
+        return self.run_timeout_max_s or self.run_timeout_s
+
+    @property
+    def memory_max_bytes(self) -> int:
+        """The largest memory limit a tool may ask for on this node, in bytes
+        (`MAO_RUN_MEMORY_MAX_BYTES`; unset: the default `MAO_RUN_MEMORY_BYTES`)."""
+        return self.run_memory_max_bytes or self.run_memory_bytes
+
+    @property
+    def cpus_max(self) -> float:
+        """The most CPUs a tool may ask for on this node (`MAO_RUN_CPUS_MAX`; unset: the default
+        `MAO_RUN_CPUS`, or when that is unset too, the host's CPUs)."""
+        return self.run_cpus_max or self.run_cpus or float(os.cpu_count() or 1)
+
+    @property
+    def cpus_default(self) -> float | None:
+        """The CPU limit of a tool that asks for none: `MAO_RUN_CPUS`, else `MAO_RUN_CPUS_MAX`
+        when only that is set (a maximum applies to every tool), else None (no limit)."""
+        return self.run_cpus or self.run_cpus_max
+
     @property
     def visibility_timeout_s(self) -> float:
-        """The broker's visibility timeout: longer than the longest container run (+10 min)."""
-        return self.broker_visibility_timeout_s or self.run_timeout_s + 600.0
+        """The broker's visibility timeout, in seconds: longer than the longest container run a
+        tool may ask for (`timeout_max_s`, + 10 min)."""
+        return self.broker_visibility_timeout_s or self.timeout_max_s + 600.0
+
+    def run_limits(
+        self, timeout_s: float | None, memory_bytes: int | None, cpus: float | None
+    ) -> RunLimits:
+        """The limits a tool's container gets on this node: each one the tool asks for (None:
+        the node's default), checked against the node's maximum.
+
+        Raises:
+            InvalidInput: a limit asked for is above this node's maximum; the message names the
+                limit, the maximum and its setting.
+        """
+        asked = (
+            ("timeout", timeout_s, self.timeout_max_s, " s", "MAO_RUN_TIMEOUT_MAX_S"),
+            ("memory", memory_bytes, self.memory_max_bytes, " bytes", "MAO_RUN_MEMORY_MAX_BYTES"),
+            ("cpus", cpus, self.cpus_max, " CPUs", "MAO_RUN_CPUS_MAX"),
+        )
+        for what, value, maximum, unit, setting in asked:
+            if value is not None and value > maximum:
+                raise InvalidInput(
+                    f"{what} {value:g}{unit} is above this node's maximum {maximum:g}{unit} "
+                    f"({setting}): ask for less, or raise {setting} on the node"
+                )
+        return RunLimits(
+            timeout_s=timeout_s or self.run_timeout_s,
+            memory_bytes=memory_bytes or self.run_memory_bytes,
+            cpus=cpus or self.cpus_default,
+        )
+
+    def effective_values(self) -> dict[str, Any]:
+        """The settings as JSON data with the derived values filled in (the visibility timeout,
+        the maxima, the CPU default) and passwords in URLs masked."""
+        values = self.model_dump(mode="json")
+        values["redis_url"] = redact_url(values["redis_url"])
+        values["broker_visibility_timeout_s"] = self.visibility_timeout_s
+        values["run_timeout_max_s"] = self.timeout_max_s
+        values["run_memory_max_bytes"] = self.memory_max_bytes
+        values["run_cpus_max"] = self.cpus_max
+        values["run_cpus"] = self.cpus_default
+        return values
 
     @classmethod
     def settings_customise_sources(

@@ -17,20 +17,23 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
+from celery.signals import task_revoked
 from celery.utils.time import get_exponential_backoff_interval
 
-from mao_celery import run_steps
+from mao_celery import cancel, run_steps
 from mao_celery.celery_app import app
 from mao_celery.enqueue import (
     DETECT_SPIKE,
     PREPARE_DATASET,
     PUBLISH_NOTIFICATION,
     RUN_CONTAINER,
+    RUN_STEPS,
 )
 from mao_celery.exceptions import MaoError, ServiceUnavailable
 from mao_celery.models import TERMINAL_STATUSES, RunReport, RunStatus, StepTaker
@@ -79,6 +82,9 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
     if that process dies), do `work`, record the result. A task whose step recovery has resumed
     under another task (its message delivered again: a late redelivery, or a requeue after its
     pool process died) is ignored (`celery.exceptions.Ignore`: acknowledged, its chain ends).
+    A run found cancelled (`maoctl run cancel`, a Celery revoke), before the step or after it,
+    stays so: the step does nothing, or its result is not recorded, and the cancelled report is
+    passed on.
 
     A service that does not answer is retried (Celery retry, 2, 4, 8, ... s apart) up to
     `STEP_RETRIES` times (the steps' `max_retries`), then fails the run; any other error fails
@@ -96,7 +102,8 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
             log.warning("run %s: %s was resumed by another task; ignored", report.run_id, task.name)
             raise Ignore()  # the resumed task's chain carries the run on; this one ends here
         report = report.updated(status=status, taken_by=taker(task))
-        ctx.runs.save(report)
+        if not ctx.runs.save(report):  # cancelled since it was read
+            return ctx.runs.get(report.run_id).model_dump(mode="json")
         report = work(ctx, report)
     except ServiceUnavailable as e:
         if task.request.retries < STEP_RETRIES:
@@ -114,7 +121,8 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
         report = report.failed(f"internal error in {task.name}: {type(e).__name__}: {e}")
     if task.name not in report.steps_done:
         report = report.updated(steps_done=[*report.steps_done, task.name])
-    ctx.runs.save(report)
+    if not ctx.runs.save(report):  # cancelled while the step worked: that is the outcome
+        report = ctx.runs.get(report.run_id)
     return report.model_dump(mode="json")
 
 
@@ -140,3 +148,42 @@ def detect_spike(self: Task, state: dict[str, Any]) -> dict[str, Any]:
 def publish_notification(self: Task, state: dict[str, Any]) -> dict[str, Any]:
     """Step 4: the notification of a spike; the run ends."""
     return step(self, state, RunStatus.PUBLISHING, run_steps.publish)
+
+
+# ---- cancel through Celery -------------------------------------------------------------------
+
+
+@task_revoked.connect
+def cancel_revoked_run(
+    sender: Any = None,
+    request: Any = None,
+    terminated: bool = False,
+    expired: bool = False,
+    **_: Any,
+) -> None:
+    """A step of a run revoked through Celery (`control.revoke`, e.g. from Flower; with
+    `terminate` its pool process is killed): cancel the run as `maoctl run cancel` does (its
+    tool freed, its container stopped and removed), in a thread of the worker's main process
+    (stopping a container takes up to `containers.CANCEL_STOP_S` seconds). Other tasks are
+    left alone."""
+    name = getattr(sender, "name", None)
+    args = getattr(request, "args", None) or ()
+    if name not in RUN_STEPS or not args or not isinstance(args[0], dict):
+        return
+    run_id = str(args[0].get("run_id", ""))
+    how = ", terminated" if terminated else ", expired" if expired else ""
+    by = f"celery revoke of {name} (task {getattr(request, 'id', '?')}{how})"
+    threading.Thread(target=_cancel, args=(run_id, by), daemon=True, name="mao-cancel").start()
+
+
+def _cancel(run_id: str, by: str) -> None:
+    """Cancel run `run_id` for `by` with clients of its own (the worker's main process keeps
+    none: its pool processes are forked from it); failures are logged."""
+    try:
+        with Node(load_settings()) as ctx:
+            done = cancel.cancel_run(ctx, run_id, by)
+    except MaoError as e:
+        log.error("run %s: revoked, but could not be cancelled: %s", run_id, e)
+        return
+    if done.cancelled:
+        log.warning("run %s cancelled by %s", run_id, by)

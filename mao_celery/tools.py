@@ -9,9 +9,11 @@ imports this module but neither pydantic's models nor Celery, RedBeat or GitPyth
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,16 +21,20 @@ from typing import TYPE_CHECKING, Any, Literal
 from mao_celery.exceptions import NotFound
 
 if TYPE_CHECKING:
+    from mao_celery.cancel import Cancelled
     from mao_celery.models import Dataset, RunReport, Tool
     from mao_celery.node import Node
     from mao_celery.records import InvalidRecord
     from mao_celery.registry import Collection
     from mao_celery.runs import RunStore
     from mao_celery.schedules import Scheduled, ScheduleInfo
+    from mao_celery.worker_info import PublishedSettings
 
 Kind = Literal["tool", "dataset"]
 WAIT_STEP_S = 1.0
 """How long `follow_run` waits for a change of status before it reports the run again."""
+LOG_POLL_S = 0.2
+"""How often `run_output` looks for new output of a run it follows, in seconds."""
 
 
 def collection(node: Node, kind: Kind) -> Collection[Any]:
@@ -48,8 +54,57 @@ def register(node: Node, kind: Kind, **fields: Any) -> Tool | Dataset:
 
     model: type[Tool | Dataset] = Tool if kind == "tool" else Dataset
     item = build(model, **fields, created_by=node.settings.node_id)
+    if isinstance(item, Tool):
+        node.settings.run_limits(item.timeout_s, item.memory_bytes, item.cpus)
     collection(node, kind).add(item)
     return item
+
+
+TOOL_UPDATABLE = frozenset(
+    {
+        "image",
+        "description",
+        "timeout_s",
+        "memory_bytes",
+        "cpus",
+        "network",
+        "read_only_rootfs",
+        "spike_window",
+        "spike_threshold_pct",
+    }
+)
+"""The fields of a tool `tool update` may change (not its name, repositories or author)."""
+
+
+def update_tool(node: Node, name: str, changes: dict[str, Any]) -> Tool:
+    """Change the fields `changes` of tool `name` (a None value: back to the node's default)
+    with a compare-and-swap on its etcd revision: an update made by someone else between the
+    read and the write refuses this one, so that neither is lost. Limits are checked against
+    this node's maxima. Returns the tool as written.
+
+    Raises:
+        InvalidInput: nothing to change, a field that may not be changed, an invalid value, or a
+            limit above this node's maximum; nothing was written.
+        NotFound: the tool is not registered.
+        Conflict: the tool changed since it was read; nothing was written.
+        ServiceUnavailable: etcd did not answer.
+    """
+    from mao_celery.exceptions import InvalidInput
+    from mao_celery.models import Tool, build
+
+    if not changes:
+        raise InvalidInput(
+            "nothing to change: give at least one option (maoctl tool update --help)"
+        )
+    if unknown := sorted(set(changes) - TOOL_UPDATABLE):
+        raise InvalidInput(f"tool field(s) {', '.join(unknown)} cannot be changed by an update")
+
+    def change(tool: Tool) -> Tool:
+        updated = build(Tool, **(tool.model_dump() | changes))
+        node.settings.run_limits(updated.timeout_s, updated.memory_bytes, updated.cpus)
+        return updated
+
+    return node.registry.tools.update(name, change)
 
 
 def remove(node: Node, kind: Kind, name: str) -> bool:
@@ -127,6 +182,43 @@ def start_run(node: Node, name: str) -> RunReport:
     return enqueue.start_run(node.app, name, conf=conf, registry=node.registry, runs=node.runs)
 
 
+def require_worker(node: Node, *, warn_only: bool, warn: Callable[[str], None]) -> None:
+    """Check that a worker of this node answers a ping (`health.PING_TIMEOUT_S`); when none
+    does, raise, or with `warn_only` call `warn` with a one-line warning.
+
+    Raises:
+        NoWorker: no worker answers (a ServiceUnavailable: exit 3).
+        ServiceUnavailable: the broker (Redis) did not answer.
+    """
+    from mao_celery import health
+    from mao_celery.text import redact_url
+
+    if health.ping_workers(node.app, limit=1):
+        return
+    broker = redact_url(node.settings.redis_url)
+    if not warn_only:
+        raise health.NoWorker(
+            broker, health.PING_TIMEOUT_S, "or pass --wait-for-worker to queue the run and wait"
+        )
+    missing = health.NoWorker(broker, health.PING_TIMEOUT_S, "the run stays queued until then")
+    warn(f"warning: {missing}")
+
+
+def worker_settings(
+    node: Node,
+) -> tuple[list[PublishedSettings], list[str], list[InvalidRecord]]:
+    """The settings the workers of this node published (`worker_info`), the host names of the
+    workers answering a ping now, and the published entries that cannot be read.
+
+    Raises:
+        ServiceUnavailable: Redis did not answer.
+    """
+    from mao_celery import health, worker_info
+
+    published, invalid = worker_info.read_all(node.settings)
+    return published, health.ping_workers(node.app), invalid
+
+
 def follow_run(runs: RunStore, run_id: str, timeout_s: float | None) -> Iterator[RunReport]:
     """Yield run `run_id`'s report now, then again each time its status changes (or every
     `WAIT_STEP_S` seconds), until it ends or `timeout_s` seconds pass (None: no limit).
@@ -154,33 +246,120 @@ def recent_runs(node: Node, name: str, limit: int) -> tuple[list[RunReport], lis
     """The `limit` newest runs of tool `name` on this node, newest first, and the records among
     them that cannot be read (left out).
 
+    A tool with no run here must be registered (a tool removed since keeps its runs listed).
+
     Raises:
+        NotFound: no run of `name` here and no such tool registered.
         InvalidState: the tool's run index cannot be read.
+        ServiceUnavailable: Redis (or, for a tool without runs, etcd) did not answer.
+    """
+    reports, invalid = node.runs.recent_checked(name, limit)
+    if not reports and not invalid:
+        node.registry.tools.get(name)
+    return reports, invalid
+
+
+def resolve_run(node: Node, prefix: str) -> str:
+    """The id of this node's one run whose id is `prefix` or starts with it (git and docker's
+    short ids), for every command that takes a RUN_ID.
+
+    Raises:
+        NotFound: no run id starts with `prefix`.
+        AmbiguousId: several do ("ambiguous (N runs)").
         ServiceUnavailable: Redis did not answer.
     """
-    return node.runs.recent_checked(name, limit)
+    return node.runs.resolve(prefix)
 
 
 def get_run(node: Node, run_id: str) -> RunReport:
-    """The report of run `run_id` on this node.
+    """The report of run `run_id` (a unique prefix of it will do) on this node.
 
     Raises:
         NotFound: no such run.
+        AmbiguousId: the prefix matches several runs.
         ServiceUnavailable: Redis did not answer.
     """
-    return node.runs.get(run_id)
+    return node.runs.get(resolve_run(node, run_id))
 
 
 def forget_run(node: Node, run_id: str) -> list[str]:
     """Remove run `run_id`'s record (readable or not) from this node and free the tool lock it
     holds; returns the keys deleted or changed.
 
+    `run_id` may be a unique prefix of a run's record; a full id whose record is gone still
+    clears its index entries and lock.
+
     Raises:
         NotFound: no such run.
+        AmbiguousId: the prefix matches several runs.
         InvalidInput: the run has not ended.
         ServiceUnavailable: Redis did not answer.
     """
+    with contextlib.suppress(NotFound):  # no record: its index entries or lock may be left
+        run_id = resolve_run(node, run_id)
     return node.runs.forget(run_id)
+
+
+def cancel_run(node: Node, run_id: str, by: str) -> Cancelled:
+    """Cancel run `run_id` (a unique prefix of it will do) for `by` (who asks): mark it
+    cancelled, which frees its tool, then stop its container (SIGTERM, SIGKILL after
+    `containers.CANCEL_STOP_S` seconds) and remove it; see cancel.py. A run that has ended is
+    left as it is (`Cancelled.cancelled` False).
+
+    Raises:
+        NotFound: no such run.
+        AmbiguousId: the prefix matches several runs.
+        InvalidState: its record cannot be read.
+        ServiceUnavailable: Redis or the Docker daemon did not answer.
+    """
+    from mao_celery import cancel
+
+    return cancel.cancel_run(node, resolve_run(node, run_id), by)
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """A piece of a run's container output: `data` (bytes, stdout and stderr interleaved),
+    after `skipped` bytes that are no longer kept (a run keeps its last `runs.LOG_MAX_BYTES`);
+    `tail_only` when only the report's log tail (its last lines) exists for the run."""
+
+    data: bytes
+    skipped: int = 0
+    tail_only: bool = False
+
+
+def run_output(
+    node: Node, run_id: str, *, follow: bool, poll_s: float = LOG_POLL_S
+) -> Iterator[RunOutput]:
+    """Run `run_id`'s container output (a unique prefix of the id will do): what is kept now
+    as one piece, then, when `follow`, each new piece every `poll_s` seconds until the run has
+    ended and no new output comes. A run whose output was not kept (older runs) yields its
+    report's log tail.
+
+    Raises:
+        NotFound: no such run.
+        AmbiguousId: the prefix matches several runs.
+        InvalidState: its record or stored output cannot be read.
+        ServiceUnavailable: Redis did not answer.
+    """
+    run_id = resolve_run(node, run_id)
+    report = node.runs.get(run_id)
+    data, first, position = node.runs.read_log(run_id, 0)
+    if not data and first == 0 and report.status.terminal and report.log_tail:
+        yield RunOutput(report.log_tail.encode(), tail_only=True)
+        return
+    yield RunOutput(data, first)
+    ended = report.status.terminal
+    while follow:
+        if not ended:
+            time.sleep(poll_s)
+            ended = node.runs.get(run_id).status.terminal
+        data, first, end = node.runs.read_log(run_id, position)
+        if data or first > position:
+            yield RunOutput(data, first - position)
+        elif ended:
+            return
+        position = end
 
 
 def repair(node: Node, delete: bool) -> list[InvalidRecord]:

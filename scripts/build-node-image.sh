@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Builds the MAO node image from the Dockerfile at the repository root, for docker-compose.yml.
+# Builds the MAO node image from the Dockerfile at the repository root, for docker-compose.yml,
+# and, on a Debian base of this host's release (mao-base:bookworm), the Redis and etcd images that
+# docker-compose.yml uses by default (images/redis, images/etcd: Debian's redis-server and
+# etcd-server installed on the base, so the compose stack needs no registry).
 # The image installs nothing from an index: its build context carries
 #   var/wheels  the wheels of requirements.txt, of pip, of the project's build backend (setuptools)
 #               and of the project, resolved and built on this host by MAO_WHEEL_PYTHON, whose
@@ -7,7 +10,9 @@
 #               as python_full_version < '3.11.3' the same way);
 #   var/debs    when the base is Debian of this host's release and has no git: git's and
 #               ca-certificates' packages with what they need that the base lacks (apt on this host
-#               resolves them against the base's own dpkg status).
+#               resolves them against the base's own dpkg status);
+#   var/service-debs/redis, var/service-debs/etcd   likewise redis-server's and etcd-server's
+#               packages with what the base lacks, for the Redis and etcd images.
 #
 # Usage: scripts/build-node-image.sh [--fetch | --offline]
 #   (no flag)  fetch what is missing or stale (docker pull of an absent base too), then build;
@@ -20,7 +25,9 @@
 # the Dockerfile then installs git with apt-get inside the build, which --offline refuses.
 #
 # Environment: MAO_BASE_IMAGE (default python:3.12-slim; scripts/setup.sh builds mao-base:bookworm),
-# MAO_NODE_IMAGE (default mao-node:latest), MAO_WHEEL_PYTHON (default /usr/bin/python3).
+# MAO_NODE_IMAGE (default mao-node:latest), MAO_WHEEL_PYTHON (default /usr/bin/python3),
+# MAO_REDIS_IMAGE, MAO_ETCD_IMAGE (the tags of the Redis and etcd images: default
+# mao-redis:latest and mao-etcd:latest, docker-compose.yml's defaults).
 # Output of the fetch (pip, apt) goes to var/log/node-image-fetch.log, that of the
 # build (pip, docker build) to var/log/node-image.log.
 set -euo pipefail
@@ -28,11 +35,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BASE_IMAGE=${MAO_BASE_IMAGE:-python:3.12-slim}
 NODE_IMAGE=${MAO_NODE_IMAGE:-mao-node:latest}
+REDIS_IMAGE=${MAO_REDIS_IMAGE:-mao-redis:latest}
+ETCD_IMAGE=${MAO_ETCD_IMAGE:-mao-etcd:latest}
 WHEEL_PYTHON=${MAO_WHEEL_PYTHON:-/usr/bin/python3}
 VAR=$PWD/var
 WHEELS=$VAR/wheels
 DEBS=$VAR/debs
 STAMP=$WHEELS/.fetched
+SERVICE_DEBS=$VAR/service-debs
+SERVICE_STAMP=$SERVICE_DEBS/.fetched
 LOG=$VAR/log/node-image.log
 FETCH_LOG=$VAR/log/node-image-fetch.log
 
@@ -92,6 +103,59 @@ download_git_debs() {
   apt-get -q -y --download-only --no-install-recommends -o Dir::State::status="$DEBS/status" \
     -o Dir::Cache::archives="$DEBS" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= \
     install git ca-certificates >>"$FETCH_LOG" 2>&1
+}
+
+# download_service_debs DIR PACKAGE: PACKAGE and what the base lacks of its dependencies into DIR.
+download_service_debs() {
+  apt-get -q -y --download-only --no-install-recommends -o Dir::State::status="$1/status" \
+    -o Dir::Cache::archives="$1" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= \
+    install "$2" >>"$FETCH_LOG" 2>&1
+}
+
+# fetch_service_debs: var/service-debs/{redis,etcd} for a Debian base of this host's release
+# (skipped while var/service-debs/.fetched names this base image).
+fetch_service_debs() {
+  if [[ -f $SERVICE_STAMP && $(<"$SERVICE_STAMP") == "$base_id" ]]; then
+    say "fetch: var/service-debs up to date for $BASE_IMAGE"
+    return
+  fi
+  [[ -n ${base_release:-} ]] || read_base_facts
+  if [[ $base_release != "$host_release" ]]; then
+    say "fetch: $BASE_IMAGE is not Debian $host_release: no local Redis and etcd images"
+    return
+  fi
+  say "fetch: redis-server and etcd-server for $BASE_IMAGE into var/service-debs"
+  rm -rf "$SERVICE_DEBS"
+  local service package
+  for service in redis etcd; do
+    package=$([[ $service == redis ]] && echo redis-server || echo etcd-server)
+    mkdir -p "$SERVICE_DEBS/$service/partial"
+    in_base cat /var/lib/dpkg/status >"$SERVICE_DEBS/$service/status"
+    download_service_debs "$SERVICE_DEBS/$service" "$package" ||
+      { apt-get -q update >>"$FETCH_LOG" 2>&1 &&
+        download_service_debs "$SERVICE_DEBS/$service" "$package"; } ||
+      die "apt-get could not download $package for $BASE_IMAGE; see $FETCH_LOG"
+    rm -rf "$SERVICE_DEBS/$service/partial" "$SERVICE_DEBS/$service/status" \
+      "$SERVICE_DEBS/$service"/lock*
+  done
+  echo "$base_id" >"$SERVICE_STAMP"
+}
+
+# build_service_images: the Redis and etcd images from var/service-debs, when fetched for this base.
+build_service_images() {
+  if [[ ! -f $SERVICE_STAMP || $(<"$SERVICE_STAMP") != "$base_id" ]]; then
+    say "no var/service-debs for $BASE_IMAGE: no local Redis and etcd images" \
+      "(set MAO_REDIS_IMAGE and MAO_ETCD_IMAGE for docker-compose)"
+    return
+  fi
+  local service tag
+  for service in redis etcd; do
+    tag=$([[ $service == redis ]] && echo "$REDIS_IMAGE" || echo "$ETCD_IMAGE")
+    say "image $tag: docker build images/$service from $BASE_IMAGE (network: none)"
+    docker build --network none --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$tag" \
+      -f "images/$service/Dockerfile" "$SERVICE_DEBS/$service" >>"$LOG" 2>&1 ||
+      die "docker build of $tag failed; see $LOG"
+  done
 }
 
 # What var/wheels and var/debs are fetched for; the fetch writes it to $STAMP when it succeeds.
@@ -171,4 +235,5 @@ if [[ $mode == offline ]]; then
 else
   fetch
 fi
-[[ $mode == fetch ]] || build
+[[ $mode == offline ]] || fetch_service_debs
+[[ $mode == fetch ]] || { build && build_service_images; }

@@ -7,13 +7,14 @@ Test modules import from here (or get fixtures from tests/fixtures/), never from
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import docker
 import pytest
@@ -36,6 +37,18 @@ TOOL_ARGS = (
 )
 """`tool add NAME` arguments after the name: author, image, data repo, code repo, artefact."""
 WORKER_SH = REPO_ROOT / "worker.sh"
+
+
+def listing(stdout: str) -> list[dict[str, Any]]:
+    """The entries of a `--json` listing (`{"items": [...], "warnings": [...]}`)."""
+    shown = json.loads(stdout)
+    assert set(shown) == {"items", "warnings"}, shown
+    return list(shown["items"])
+
+
+def listing_warnings(stdout: str) -> list[dict[str, str]]:
+    """The warnings of a `--json` listing: `[{"key", "reason"}]`, one per entry skipped."""
+    return list(json.loads(stdout)["warnings"])
 
 
 def wait_until(

@@ -26,15 +26,15 @@ from mao_celery.models import Member, Notification, RunReport
 from mao_celery.registry import Registry
 from tests.fixtures.node import NodeUnderTest
 from tests.fixtures.services import free_ports
-from tests.helpers import TOOL_ARGS
+from tests.helpers import TOOL_ARGS, listing
 
 pytestmark = pytest.mark.integration
 
 Maoctl = Callable[..., Result]
 TOOL_KEYS = {
     "name", "author", "image", "data_repo", "branch", "code_repo", "artefact", "description",
-    "spike_window", "spike_threshold_pct", "network", "read_only_rootfs", "created_at",
-    "created_by",
+    "spike_window", "spike_threshold_pct", "network", "read_only_rootfs", "timeout_s",
+    "memory_bytes", "cpus", "created_at", "created_by",
 }  # fmt: skip
 DATASET_KEYS = {"name", "url", "branch", "description", "created_at", "created_by"}
 
@@ -92,12 +92,15 @@ def test_a_tool_is_shown_as_json_and_a_missing_one_is_not_found(maoctl: Maoctl) 
         "spike_threshold_pct": 12.5,
         "network": None,
         "read_only_rootfs": True,
+        "timeout_s": None,
+        "memory_bytes": None,
+        "cpus": None,
         "created_at": None,
         "created_by": "node-a",
     }
     assert datetime.fromisoformat(tool["created_at"]).tzinfo is not None
-    assert json.loads(listed.stdout) == [tool]
-    assert (removed.exit_code, removed.stdout) == (0, "tool demo removed\n")
+    assert listing(listed.stdout) == [tool]
+    assert (removed.exit_code, removed.stdout) == (0, "tool demo removed; it had no schedule\n")
     assert missing.exit_code == 1
     assert error_line(missing) == "error: tool 'demo' is not registered"
 
@@ -121,7 +124,7 @@ def test_a_dataset_is_shown_as_json_and_a_missing_one_is_not_found(maoctl: Maoct
         "created_at": None,
         "created_by": "node-a",
     }
-    assert json.loads(listed.stdout) == [dataset]
+    assert listing(listed.stdout) == [dataset]
     assert removed.exit_code == 0, removed.stderr
     assert missing.exit_code == 1
     assert error_line(missing) == "error: dataset 'weather' is not registered"
@@ -246,7 +249,12 @@ def test_a_failed_run_exits_4_with_its_reason_and_its_report_as_json(
     result = maoctl("run", "show", "failed-run", "--json")
 
     assert result.exit_code == 4
-    assert error_line(result) == "error: run failed-run failed: the tool exited with code 3"
+    assert json.loads(result.stderr) == {  # under --json, the error is JSON too
+        "error": {
+            "kind": "run_failed",
+            "message": "run failed-run failed: the tool exited with code 3",
+        }
+    }
     shown = RunReport.model_validate_json(result.stdout)
     assert (shown.run_id, shown.status, shown.error) == (
         "failed-run", "failed", "the tool exited with code 3",
@@ -278,11 +286,12 @@ def test_an_unreachable_service_exits_3_in_one_line_naming_it_and_the_endpoint(
 def test_status_lists_every_dependency_as_json(maoctl: Maoctl, node: NodeUnderTest) -> None:
     result = maoctl("status", "--json")
 
-    assert result.exit_code == 0, result.stdout
+    assert result.exit_code == 3, result.stdout  # no worker, no beat (test_status_workers.py)
     checks = json.loads(result.stdout)
-    assert all(set(check) == {"name", "ok", "detail"} for check in checks)
+    assert all({"name", "ok", "detail"} <= set(check) for check in checks)
     assert [(c["name"], c["ok"]) for c in checks] == [
         ("etcd", True), ("Redis", True), ("Docker", True), ("importdir", True),
+        ("workers", False), ("beat", False),
     ]  # fmt: skip
     assert node.env["MAO_ETCD_ENDPOINTS"] in checks[0]["detail"]
     assert checks[3]["detail"] == str(node.importdir)
@@ -295,7 +304,7 @@ def test_status_exits_3_naming_the_unreachable_etcd(maoctl: Maoctl) -> None:
 
     assert result.exit_code == 3
     checks = json.loads(result.stdout)
-    assert [(c["name"], c["ok"]) for c in checks] == [
+    assert [(c["name"], c["ok"]) for c in checks][:4] == [
         ("etcd", False), ("Redis", True), ("Docker", True), ("importdir", True),
     ]  # fmt: skip
     assert f"etcd unreachable (no member answers) at 127.0.0.1:{port}" in checks[0]["detail"]
@@ -358,7 +367,7 @@ def test_members_are_listed_as_json(maoctl: Maoctl, registry: Registry) -> None:
     result = maoctl("members", "--json")
 
     assert result.exit_code == 0, result.stderr
-    (shown,) = json.loads(result.stdout)
+    (shown,) = listing(result.stdout)
     assert set(shown) == {"node_id", "hostname", "version", "started_at", "last_seen"}
     assert Member.model_validate(shown) == member
 
@@ -376,10 +385,10 @@ def test_notifications_are_listed_as_json_with_their_key(
     of_other_tool = maoctl("notifications", "list", "--tool", "other", "--json")
 
     assert listed.exit_code == 0, listed.stderr
-    (shown,) = json.loads(listed.stdout)
+    (shown,) = listing(listed.stdout)
     assert set(shown) == {"key", *Notification.model_fields}
     assert shown["key"] == key
     assert Notification.model_validate({k: v for k, v in shown.items() if k != "key"}) == (
         notification
     )
-    assert json.loads(of_other_tool.stdout) == []
+    assert json.loads(of_other_tool.stdout) == {"items": [], "warnings": []}

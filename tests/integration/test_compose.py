@@ -1,17 +1,18 @@
 """docker-compose.yml: valid for Debian's docker-compose (v1), and a whole node brought up from it
 that runs the demo tool through the host's Docker daemon.
 
-Tests reach no registry, so the stack runs on images built on this host: the node image by
-`scripts/build-node-image.sh --offline` on the local base image, from the wheels and Debian
-packages that scripts/setup.sh fetched, and stand-ins for redis:7 and etcd made of the base image
-and this host's redis-server and etcd binaries. The test talks to the containers only through the
-compose CLI (exec, logs) and the Docker API, never over the compose network.
+Tests reach no registry, so the stack runs on images built on this host, as an operator without
+a registry builds them: `scripts/build-node-image.sh --offline` on the local base image makes the
+node image and the Redis and etcd images (Debian's packages that scripts/setup.sh fetched), and
+docker-compose.yml uses the latter by default (the stack sets no MAO_REDIS_IMAGE/MAO_ETCD_IMAGE).
+The test talks to the containers only through the compose CLI (exec, logs) and the Docker API,
+never over the compose network.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -26,18 +27,15 @@ from docker.models.containers import Container
 from mao_celery.models import RunReport, RunStatus
 from tests.fixtures.node import BASE_IMAGE, REPO_ROOT
 from tests.fixtures.services import free_ports, require_binary
+from tests.helpers import wait_until
 
 # One stack per run: every test of this module shares it, on one xdist worker.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("compose")]
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 NODE_IMAGE = "mao-node:test"
-REDIS_STANDIN = "mao-test-redis:latest"
-ETCD_STANDIN = "mao-test-etcd:latest"
-STANDIN_DOCKERFILE = f"""FROM {BASE_IMAGE}
-COPY root/ /tmp/root/
-RUN cp -rn /tmp/root/. / && rm -rf /tmp/root
-"""
+LOCAL_SERVICE_IMAGES = {"redis": "mao-redis:latest", "etcd": "mao-etcd:latest"}
+"""docker-compose.yml's default Redis and etcd images, made by scripts/build-node-image.sh."""
 FLOWER_PASSWORD = "compose-test-secret"
 READY_TIMEOUT_S = 90.0
 COMPOSE_TIMEOUT_S = 300.0
@@ -95,29 +93,13 @@ def compose_for(tmp_path: Path, values: dict[str, str]) -> Compose:
     return Compose(project, write_env_file(tmp_path / f"{project}.env", values))
 
 
-def build_standin(client: docker.DockerClient, tag: str, binary: str, context: Path) -> str:
-    """Build `tag`: the base image plus this host's `binary` as /usr/local/bin/<name> and the
-    shared libraries it links that the base lacks."""
-    root = context / "root"
-    (root / "usr/local/bin").mkdir(parents=True)
-    path = require_binary(binary)
-    shutil.copy(path, root / "usr/local/bin" / binary)
-    linked = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
-    for library in (Path(word) for word in linked.split() if word.startswith("/")):
-        directory = root / Path(os.path.realpath(library.parent)).relative_to("/")
-        directory.mkdir(parents=True, exist_ok=True)
-        shutil.copy(library, directory / library.name)
-    (context / "Dockerfile").write_text(STANDIN_DOCKERFILE)
-    client.images.build(path=str(context), tag=tag, rm=True, network_mode="none")
-    return tag
-
-
 def build_node_image_offline(base_image: str) -> subprocess.CompletedProcess[str]:
-    """Run `scripts/build-node-image.sh --offline` on `base_image`, making NODE_IMAGE; at most
-    300 s (COMPOSE_TIMEOUT_S)."""
+    """Run `scripts/build-node-image.sh --offline` on `base_image`, making NODE_IMAGE (and, for
+    the bookworm base, the default Redis and etcd images); at most 300 s (COMPOSE_TIMEOUT_S)."""
     return subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / "build-node-image.sh"), "--offline"],
-        env=os.environ | {"MAO_BASE_IMAGE": base_image, "MAO_NODE_IMAGE": NODE_IMAGE},
+        env={k: v for k, v in os.environ.items() if k not in ("MAO_REDIS_IMAGE", "MAO_ETCD_IMAGE")}
+        | {"MAO_BASE_IMAGE": base_image, "MAO_NODE_IMAGE": NODE_IMAGE},
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -127,22 +109,21 @@ def build_node_image_offline(base_image: str) -> subprocess.CompletedProcess[str
 
 
 @pytest.fixture(scope="module")
-def node_images(
-    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
-    """The node image, built offline by scripts/build-node-image.sh, and the Redis and etcd
-    stand-ins."""
+def node_images(docker_client: docker.DockerClient) -> dict[str, str]:
+    """The images of the stack, built offline by scripts/build-node-image.sh: the node image
+    (returned, as the compose variable choosing it) and the default Redis and etcd images,
+    checked to be this build's (their ids by service in `local_image_ids`)."""
     build = build_node_image_offline(BASE_IMAGE)
     assert build.returncode == 0, build.stdout + build.stderr
-    return {
-        "MAO_NODE_IMAGE": NODE_IMAGE,
-        "MAO_REDIS_IMAGE": build_standin(
-            docker_client, REDIS_STANDIN, "redis-server", tmp_path_factory.mktemp("redis")
-        ),
-        "MAO_ETCD_IMAGE": build_standin(
-            docker_client, ETCD_STANDIN, "etcd", tmp_path_factory.mktemp("etcd")
-        ),
-    }
+    for service, tag in LOCAL_SERVICE_IMAGES.items():
+        assert f"image {tag}: docker build images/{service}" in build.stdout, build.stdout
+        local_image_ids[service] = docker_client.images.get(tag).id
+    local_image_ids["node"] = docker_client.images.get(NODE_IMAGE).id
+    return {"MAO_NODE_IMAGE": NODE_IMAGE}
+
+
+local_image_ids: dict[str, str] = {}
+"""The ids of the images build-node-image.sh made for the stack, by service (redis, etcd, node)."""
 
 
 @dataclass
@@ -152,11 +133,16 @@ class Stack:
     compose: Compose
     importdir: Path
     flower_port: int
+    up_output: str
+    images_before: frozenset[str]
 
 
 @pytest.fixture(scope="module")
 def stack(
-    node_images: dict[str, str], demo_image: str, tmp_path_factory: pytest.TempPathFactory
+    node_images: dict[str, str],
+    demo_image: str,
+    docker_client: docker.DockerClient,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     """A node brought up from docker-compose.yml under a project name of its own, with its own
     importdir and Flower port; taken down with its volumes after the module's tests."""
@@ -164,16 +150,17 @@ def stack(
     importdir = work_dir / "importdir"
     importdir.mkdir()
     (flower_port,) = free_ports(1)
-    values = REQUIRED | node_images
+    values = REQUIRED | node_images  # no MAO_REDIS_IMAGE, MAO_ETCD_IMAGE: the defaults
     values |= {
         "MAO_IMPORTDIR": str(importdir),
         "MAO_TOOL_NETWORK": "none",
         "MAO_FLOWER_PORT": str(flower_port),
     }
     compose = compose_for(work_dir, values)
+    images_before = frozenset(image.id for image in docker_client.images.list(all=True))
     try:
-        compose.run("up", "-d")
-        yield Stack(compose, importdir, flower_port)
+        up = compose.run("up", "-d")
+        yield Stack(compose, importdir, flower_port, up.stdout + up.stderr, images_before)
     finally:
         compose.run("down", "-v", "--timeout", "30", check=False)
 
@@ -185,6 +172,16 @@ def wait_for_log(compose: Compose, service: str, text: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"{service} did not log {text!r}; logs:\n{compose.logs()}", pytrace=False)
         time.sleep(0.5)
+
+
+def stack_containers(client: docker.DockerClient, compose: Compose) -> dict[str, Container]:
+    """The running containers of the stack, by compose service."""
+    return {
+        c.labels["com.docker.compose.service"]: c
+        for c in client.containers.list(
+            filters={"label": f"com.docker.compose.project={compose.project}"}
+        )
+    }
 
 
 def published_ports(container: Container) -> dict[str, list[tuple[str, str]]]:
@@ -252,12 +249,7 @@ def test_a_node_from_compose_runs_the_demo_tool_through_the_host_docker(
     assert report.notification_key is not None
     # The tool container, started by the host's daemon, wrote through the host's importdir.
     assert (importdir / "demo" / "data-1.csv").is_file()
-    containers = {
-        c.labels["com.docker.compose.service"]: c
-        for c in docker_client.containers.list(
-            filters={"label": f"com.docker.compose.project={compose.project}"}
-        )
-    }
+    containers = stack_containers(docker_client, compose)
     assert sorted(containers) == ["beat", "etcd", "flower", "redis", "worker"]
     assert {name: published_ports(c) for name, c in containers.items() if published_ports(c)} == {
         "flower": {"5555/tcp": [("127.0.0.1", str(stack.flower_port))]}
@@ -285,3 +277,41 @@ except urllib.error.HTTPError as e:
 
     assert anonymous.stdout.strip() == "401"
     assert with_password.stdout.strip() == "200"
+
+
+@pytest.mark.timeout(600)
+def test_the_stack_comes_up_from_local_images_without_a_registry(
+    stack: Stack, docker_client: docker.DockerClient
+) -> None:
+    containers = stack_containers(docker_client, stack.compose)
+    used = {service: c.attrs["Image"] for service, c in containers.items()}
+    images_after = frozenset(image.id for image in docker_client.images.list(all=True))
+
+    assert "Pulling" not in stack.up_output
+    assert images_after <= stack.images_before  # nothing pulled nor built by `up`
+    assert used["redis"] == local_image_ids["redis"]
+    assert used["etcd"] == local_image_ids["etcd"]
+    assert {used[s] for s in ("worker", "beat", "flower")} == {local_image_ids["node"]}
+    ping = stack.compose.exec("redis", "redis-cli", "ping")
+    assert ping.stdout.strip() == "PONG"
+
+
+@pytest.mark.timeout(600)
+def test_the_nodes_containers_are_named_after_mao_node_id(
+    stack: Stack, docker_client: docker.DockerClient
+) -> None:
+    compose = stack.compose
+
+    def members() -> list[dict[str, str]]:
+        shown = compose.run("exec", "-T", "worker", "maoctl", "members", "--json", check=False)
+        return list(json.loads(shown.stdout)["items"]) if shown.returncode == 0 else []
+
+    (member,) = wait_until(members, READY_TIMEOUT_S, what="the node in `maoctl members`")
+    hostnames = {
+        service: c.attrs["Config"]["Hostname"]
+        for service, c in stack_containers(docker_client, compose).items()
+    }
+
+    assert member["node_id"] == "compose-node"
+    assert member["hostname"] == "compose-node"
+    assert {hostnames[s] for s in ("worker", "beat", "flower")} == {"compose-node"}

@@ -13,7 +13,7 @@ import redis
 
 from mao_celery.models import RunReport
 from tests.fixtures.node import NodeUnderTest
-from tests.helpers import TOOL_ARGS, maoctl
+from tests.helpers import TOOL_ARGS, listing, listing_warnings, maoctl
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +60,15 @@ def test_a_corrupt_run_record_is_skipped_with_a_warning_and_repaired(
     clean = maoctl(node, "repair")
 
     assert table.returncode == 0, table.stderr
-    assert all(run_id in table.stdout for run_id in valid)
+    assert all(run_id[:8] in table.stdout for run_id in valid)
     warnings = table.stderr.splitlines()
     assert len(warnings) == 2, table.stderr
     assert warnings[0].startswith("warning: skipped invalid state at mao:run:")
     assert "mao:run:x: not a valid run record" in table.stderr
     assert "mao:run:y: a Redis hash where a string belongs" in table.stderr
     assert as_json.returncode == 0
-    assert [r["run_id"] for r in json.loads(as_json.stdout)] == valid[::-1]
+    assert [r["run_id"] for r in listing(as_json.stdout)] == valid[::-1]
+    assert sorted(w["key"] for w in listing_warnings(as_json.stdout)) == ["mao:run:x", "mao:run:y"]
     assert as_json.stderr == table.stderr
     assert (shown.returncode, shown_hash.returncode) == (1, 1)
     assert shown.stderr.startswith("error: invalid state at mao:run:x: not a valid run record")
@@ -79,7 +80,7 @@ def test_a_corrupt_run_record_is_skipped_with_a_warning_and_repaired(
     assert repaired.returncode == 0
     assert "deleted 2 invalid record(s)" in repaired.stdout
     assert (after.returncode, after.stderr) == (0, "")
-    assert [r["run_id"] for r in json.loads(after.stdout)] == valid[::-1]
+    assert [r["run_id"] for r in listing(after.stdout)] == valid[::-1]
     assert client.zrange("mao:runs:demo", 0, -1) == valid
     assert clean.stdout == "no invalid record on this node\n"
 
@@ -88,6 +89,7 @@ def test_wrong_type_keys_are_invalid_state_exit_1_not_unreachable(
     node: NodeUnderTest, client: redis.Redis
 ) -> None:
     add_tool(node, "locked")
+    add_tool(node, "demo")
     client.set("mao:runs:demo", "not a sorted set")
     client.rpush("mao:lock:locked", "a", "b")
     client.hset("mao:notifications:cursor", "x", "1")
@@ -119,7 +121,8 @@ def test_wrong_type_keys_are_invalid_state_exit_1_not_unreachable(
     assert "4 invalid record(s); `maoctl repair --yes` deletes them" in found.stdout
     assert json.loads(repaired.stdout)["deleted"] is True
     assert len(json.loads(repaired.stdout)["invalid"]) == 4
-    assert (listed_after.returncode, listed_after.stdout.strip()) == (0, "[]")
+    assert listed_after.returncode == 0, listed_after.stderr
+    assert listing(listed_after.stdout) == []
     assert started_after.returncode == 0, started_after.stderr
 
 

@@ -26,7 +26,7 @@ from mao_celery.settings import Settings
 from mao_celery.shutdown import interrupt_running_runs
 from tests.fixtures.node import WORKER_READY_TIMEOUT_S, NodeUnderTest
 from tests.fixtures.services import LOOPBACK, free_ports
-from tests.helpers import WORKER_SH, Script, register, run_containers, wait_for, wait_until
+from tests.helpers import WORKER_SH, Script, listing, register, run_containers, wait_for, wait_until
 
 DEFAULT_HEARTBEAT_S = Settings.model_fields["heartbeat_interval_s"].default
 # A heartbeat every second on a 4 s lease: the lease's expiry is measured in seconds, not 30.
@@ -84,7 +84,7 @@ def worker_sh(
 def member_ids(node: NodeUnderTest) -> list[str]:
     result = node.maoctl("members", "--json")
     assert result.returncode == 0, result.stderr
-    return [member["node_id"] for member in json.loads(result.stdout)]
+    return [member["node_id"] for member in listing(result.stdout)]
 
 
 def start_running(
@@ -122,7 +122,7 @@ def test_worker_sh_joins_the_federation_and_leaves_it_on_sigterm(
         poll_s=0.2,
     )
     joined_s = time.monotonic() - ready
-    members = json.loads(node.maoctl("members", "--json").stdout)
+    members = listing(node.maoctl("members", "--json").stdout)
     table = node.maoctl("members", env={"COLUMNS": "200"}).stdout
     script.process.send_signal(signal.SIGTERM)
 

@@ -19,6 +19,7 @@ from mao_celery.registry import Registry, connect
 from mao_celery.settings import load_settings
 from tests.fixtures.node import NodeUnderTest
 from tests.fixtures.services import EtcdCluster, EtcdServer, connect_etcd, free_ports
+from tests.helpers import listing
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +140,7 @@ def test_a_value_that_does_not_validate_is_reported_not_returned(
     assert [entry.key for entry in invalid] == [bad_key, junk_key]
     assert "name" in invalid[0].reason
     assert shown.returncode == 0, shown.stderr
-    assert [t["name"] for t in json.loads(shown.stdout)] == ["good"]
+    assert [t["name"] for t in listing(shown.stdout)] == ["good"]
     warnings = shown.stderr.splitlines()
     assert len(warnings) == 2
     assert bad_key in warnings[0]

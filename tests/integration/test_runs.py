@@ -18,6 +18,7 @@ from tests.fixtures.node import NodeUnderTest
 from tests.helpers import (
     RUN_WAIT_S,
     containers_created,
+    listing,
     register,
     run_containers,
     wait_for,
@@ -48,7 +49,7 @@ def test_demo_run_reports_a_spike_and_publishes_one_notification(
     assert (node.importdir / "demo" / "README.md").is_file()
     assert (node.importdir / "demo" / "data-1.csv").is_file()
     listed = node.maoctl("notifications", "list", "--tool", "demo", "--json")
-    notifications = json.loads(listed.stdout)
+    notifications = listing(listed.stdout)
     assert [n["run_id"] for n in notifications] == [report.run_id]
     assert notifications[0]["key"] == report.notification_key
 
@@ -65,7 +66,7 @@ def test_the_report_for_people_names_the_spike(
     for expected in ("image      mao-demo:latest", "baseline   101.0", "current    146.0",
                      "spike      YES", "notified   "):  # fmt: skip
         assert expected in result.stdout
-    runs = json.loads(node.maoctl("tool", "runs", "demo", "--json").stdout)
+    runs = listing(node.maoctl("tool", "runs", "demo", "--json").stdout)
     assert len(runs) == 1
     assert runs[0]["status"] == "succeeded"
 
@@ -86,7 +87,7 @@ def test_a_tool_exiting_3_fails_the_run_with_its_log_tail(
     assert report.exit_code == 3
     assert "upstream API said no" in report.log_tail
     assert report.spike is None
-    assert node.maoctl("notifications", "list", "--json").stdout.strip() == "[]"
+    assert listing(node.maoctl("notifications", "list", "--json").stdout) == []
 
 
 def test_a_tool_running_past_its_timeout_is_killed(
@@ -144,7 +145,7 @@ def test_a_tool_writing_no_control_file_fails_the_run_with_the_reason(
     assert report.spike is not None
     assert report.spike.compliance_warning
     assert not report.spike.spike
-    assert node.maoctl("notifications", "list", "--json").stdout.strip() == "[]"
+    assert listing(node.maoctl("notifications", "list", "--json").stdout) == []
 
 
 def test_an_image_with_a_user_of_its_own_runs_as_the_tool_user_and_succeeds(
@@ -301,7 +302,7 @@ def test_a_worker_killed_mid_container_loses_nothing_and_doubles_nothing(
     assert report.status == RunStatus.SUCCEEDED, report.error
     assert (node.importdir / "counted" / "starts.txt").read_text().count("start") == 1
     assert run_containers(docker_client, run_id) == []
-    notifications = json.loads(node.maoctl("notifications", "list", "--json").stdout)
+    notifications = listing(node.maoctl("notifications", "list", "--json").stdout)
     assert [n["run_id"] for n in notifications] == [run_id]
 
 
@@ -337,5 +338,5 @@ def test_a_container_outliving_the_visibility_timeout_runs_once_and_notifies_onc
     report = RunReport.model_validate_json(result.stdout)
     assert len(seen) == 1
     assert (node.importdir / "long" / "starts.txt").read_text().count("start") == 1
-    notifications = json.loads(node.maoctl("notifications", "list", "--json").stdout)
+    notifications = listing(node.maoctl("notifications", "list", "--json").stdout)
     assert [n["run_id"] for n in notifications] == [report.run_id]

@@ -21,7 +21,7 @@ import redis
 from mao_celery.models import RunReport, RunStatus
 from tests.fixtures.node import NodeUnderTest, Worker
 from tests.fixtures.services import EtcdServer, RedisServer, free_ports
-from tests.helpers import register, wait_until
+from tests.helpers import WIDE, listing, register, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def seconds_until(
 def listed(node: NodeUnderTest) -> list[dict[str, Any]]:
     result = node.maoctl("schedule", "list", "--json")
     assert result.returncode == 0, result.stderr
-    return list(json.loads(result.stdout))
+    return listing(result.stdout)
 
 
 def test_schedules_are_created_replaced_listed_and_removed_by_maoctl(
@@ -96,7 +96,7 @@ def test_schedules_are_created_replaced_listed_and_removed_by_maoctl(
     )
     second = node.maoctl("tool", "schedule", "collector", "--cron", "0 6 * * 1-5")
     entries = listed(node)
-    table = node.maoctl("schedule", "list")
+    table = node.maoctl("schedule", "list", env=WIDE)
 
     assert (unregistered.returncode, unregistered.stderr.splitlines()[-1]) == (
         1, "error: tool 'ghost' is not registered",
@@ -167,10 +167,10 @@ def test_removing_a_tool_removes_its_schedule(
     removed_unscheduled = node.maoctl("tool", "remove", "unscheduled")
 
     assert (removed.returncode, removed.stdout) == (
-        0, "schedule of tool scheduled removed\ntool scheduled removed\n",
+        0, "tool scheduled removed; its schedule on this node removed too\n",
     )  # fmt: skip
     assert (removed_unscheduled.returncode, removed_unscheduled.stdout) == (
-        0, "tool unscheduled removed\n",
+        0, "tool unscheduled removed; it had no schedule\n",
     )  # fmt: skip
     assert listed(node) == []
 
@@ -251,7 +251,7 @@ def test_a_cron_schedule_fires_within_70_s(
     assert first.queued_at.second < 5, first.queued_at
     done = node.runs().wait(first.run_id, lambda r: r.status.terminal, timeout_s=30)
     assert done.status == RunStatus.SUCCEEDED, done.error
-    shown = json.loads(node.maoctl("tool", "runs", "minutely", "--json").stdout)
+    shown = listing(node.maoctl("tool", "runs", "minutely", "--json").stdout)
     assert first.run_id in [r["run_id"] for r in shown]
     (info,) = [i for i in listed(node) if i["tool"] == "minutely"]
     assert info["last_result"] == "succeeded (spike)"
@@ -391,10 +391,10 @@ def test_invalid_entries_are_skipped_by_beat_listed_and_removed(
         assert beat.log().count(SKIPPED.format(key)) == 1, beat.log()[-3000:]
 
     result = node.maoctl("schedule", "list", "--json")
-    table = node.maoctl("schedule", "list")
+    table = node.maoctl("schedule", "list", env=WIDE)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr + table.stderr
-    states = {i["tool"]: (i["state"], i["key"]) for i in json.loads(result.stdout)}
+    states = {i["tool"]: (i["state"], i["key"]) for i in listing(result.stdout)}
     assert states == {
         "healthy": ("active", "mao:beat:tool:healthy"),
         **{tool: ("invalid", key) for tool, key in bad.items()},
@@ -492,7 +492,7 @@ def test_a_fire_during_an_etcd_outage_is_retried_then_recorded_as_a_failed_run(
     assert failed.error is not None
     assert failed.error.startswith("scheduled run not started after 5 attempts: etcd"), failed.error
     assert worker.log().count("scheduled run of outage not started (attempt") >= 4
-    runs = json.loads(node.maoctl("tool", "runs", "outage", "--json").stdout)
+    runs = listing(node.maoctl("tool", "runs", "outage", "--json").stdout)
     assert fire in [r["run_id"] for r in runs]
     (info,) = listed(node)
     assert (info["last_run_id"], info["last_result"]) == (fire, f"failed: {failed.error}")

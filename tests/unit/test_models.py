@@ -422,14 +422,15 @@ def test_models_are_frozen(model: type[Tool | Dataset], fields: dict[str, Any]) 
         (RunStatus.SUCCEEDED, True),
         (RunStatus.FAILED, True),
         (RunStatus.INTERRUPTED, True),
+        (RunStatus.CANCELLED, True),
     ],
 )
 def test_run_status_terminal(status: RunStatus, terminal: bool) -> None:
     assert status.terminal is terminal
 
 
-def test_terminal_statuses_are_succeeded_failed_interrupted() -> None:
-    assert {"succeeded", "failed", "interrupted"} == TERMINAL_STATUSES
+def test_terminal_statuses_are_succeeded_failed_interrupted_cancelled() -> None:
+    assert {"succeeded", "failed", "interrupted", "cancelled"} == TERMINAL_STATUSES
     assert all(isinstance(status, RunStatus) for status in TERMINAL_STATUSES)
 
 

@@ -144,12 +144,12 @@ def test_runs_and_notifications_show_the_gain_under_a_percent_column() -> None:
                                 detected_at=finished)  # fmt: skip
 
     assert run_row(with_spike) == (
-        "r1", RunStatus.SUCCEEDED, "2024-05-01 06:30:05", "06:30:05", 0, "yes", "+50.0", None,
+        "r1", RunStatus.SUCCEEDED, "2024-05-01 06:30", "06:30:05", 0, "yes", "+50.0", None,
     )  # fmt: skip
-    queued_row = ("r2", RunStatus.QUEUED, "2024-05-01 06:30:05", "", None, "", "", None)
+    queued_row = ("r2", RunStatus.QUEUED, "2024-05-01 06:30", "", None, "", "", None)
     assert run_row(queued) == queued_row
     assert notification_row(notification) == (
-        "2024-05-01 06:30:05", "demo", "a", 150.0, 100.0, "undefined", "r1",
+        "2024-05-01 06:30", "demo", "a", "150.0", "100.0", "undefined", "r1",
     )  # fmt: skip
 
 
