@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -419,33 +417,6 @@ def test_list_local_of_missing_importdir_is_empty(tmp_path: Path) -> None:
 
 
 # ---- git that cannot hang, clones that are what they claim -----------------------------------
-
-
-@pytest.fixture
-def silent_host() -> Iterator[int]:
-    """A loopback TCP port that accepts every connection and never sends a byte; its port."""
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(timeout=5)
-    for connection in held:
-        connection.close()
-    server.close()
 
 
 def test_a_silent_http_host_fails_the_clone_on_the_stall_limit_without_a_retry(

@@ -3,10 +3,8 @@ out-of-memory tool. A real worker, Redis, etcd, Docker and a loopback socket."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -17,33 +15,6 @@ from tests.helpers import register
 pytestmark = pytest.mark.integration
 
 SILENT_HOST_FAILS_WITHIN_S = 60.0
-
-
-@pytest.fixture
-def silent_host() -> Iterator[int]:
-    """A loopback TCP port that accepts every connection and never sends a byte; its port."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(timeout=5)
-    for connection in held:
-        connection.close()
-    server.close()
 
 
 def test_a_silent_git_host_fails_the_run_within_a_minute_with_default_settings(
