@@ -279,27 +279,27 @@ def _local(value: Any) -> str:
 
 
 def schedule_row(i: ScheduleInfo) -> Sequence[object]:
-    """A schedule as a row of `SCHEDULES`; an invalid entry shows its key and the reason."""
+    """A schedule as a row of `SCHEDULES` (the expression and zone; the description and the
+    local next fire are in `schedule next` and `--json`); an invalid entry shows its key and
+    the reason."""
     if i.state == "invalid":
-        return (i.tool, "invalid", f"{i.key}: {i.error}", "", "", "", "", "")
-    result = i.last_result if i.last_run_id else "never fired"
+        return (i.tool, "invalid", f"{i.key}: {i.error}", "", "", "")
+    result = f"{i.last_result}, run {short_id(i.last_run_id)}" if i.last_run_id else "never fired"
     return (
         i.tool,
         i.state,
-        f"{i.schedule} ({i.explained})",
+        i.schedule,
         _time(i.next_run_at) if i.next_run_at else "paused",
-        _local(i.next_run_local),
         _time(i.last_fired_at),
-        short_id(i.last_run_id),
         result,
     )
 
 
 SCHEDULES = Listing(
-    "Schedules (times in UTC; next local: in the schedule's zone)",
-    ("tool", "state", "schedule", "next run", "next local", "last fire", "last run", "result"),
+    "Schedules (times in UTC; `schedule next NAME` shows local times)",
+    ("tool", "state", "schedule", "next run", "last fire", "last result"),
     schedule_row,
-    folded=("tool", "schedule", "result"),
+    folded=("schedule", "last result"),
 )
 
 

@@ -13,6 +13,7 @@ import cli
 from mao_celery import render
 from mao_celery.models import Member, Notification, RunReport, RunStatus, SpikeResult, Tool
 from mao_celery.records import InvalidRecord
+from mao_celery.schedules import ScheduleInfo
 
 AT = datetime(2026, 11, 29, 14, 3, 7, tzinfo=UTC)
 SPIKE = SpikeResult(window=2, threshold_pct=20.0, files=["c-1.csv", "c-2.csv", "c-3.csv"],
@@ -102,6 +103,28 @@ def test_notifications_members_and_schedules_fit_80_columns(
     assert all(len(line) <= 80 for line in lines), lines
     assert "2026-11-29 14:03  demo  node-a  146.0  101.0     +44.6   c32e0f50" in lines
     assert "node-a  host-a.example.org  0.9.0    2026-11-29 14:03  2026-11-29 14:03" in lines
+
+
+@pytest.mark.usefixtures("columns_80")
+def test_the_schedule_table_fits_80_columns_with_names_and_times_on_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fired = ScheduleInfo(tool="weather-station", key="mao:beat:tool:weather-station",
+                         state="active", schedule="cron 0 6 * * 1-5 Europe/Zurich",
+                         explained="At 06:00, Monday through Friday", tz="Europe/Zurich",
+                         next_run_at=AT, last_fired_at=AT, last_run_id=RUNS[0].run_id,
+                         last_result="succeeded (spike)")  # fmt: skip
+    broken = ScheduleInfo(tool="broken", key="mao:beat:tool:broken", state="invalid",
+                          error="not JSON")  # fmt: skip
+
+    render.SCHEDULES.show([fired, broken], as_json=False)
+
+    lines = shown(capsys)
+    assert all(len(line) <= 80 for line in lines), lines
+    row = next(line for line in lines if line.startswith("weather-station"))
+    assert "active" in row
+    assert row.count("2026-11-29 14:03") == 2
+    assert any(line.split()[:2] == ["broken", "invalid"] for line in lines), lines
 
 
 @pytest.mark.parametrize(
