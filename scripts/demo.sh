@@ -62,6 +62,6 @@ fi
 maoctl tool get demo
 
 say "running the demo tool"
-maoctl tool run demo
+maoctl tool run demo --wait-for-worker  # the worker started above may still be starting
 maoctl notifications list --tool demo
 say "done: the node keeps running (maoctl status); stop it with scripts/stop.sh"
