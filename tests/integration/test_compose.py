@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -167,11 +166,13 @@ def stack(
 
 def wait_for_log(compose: Compose, service: str, text: str) -> None:
     """Wait up to 90 s for `service` to log `text`; fail the test with the logs otherwise."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while text not in compose.run("logs", "--no-color", service, check=False).stdout:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{service} did not log {text!r}; logs:\n{compose.logs()}", pytrace=False)
-        time.sleep(0.5)
+    wait_until(
+        lambda: text in compose.run("logs", "--no-color", service, check=False).stdout,
+        READY_TIMEOUT_S,
+        what=f"{service} to log {text!r}",
+        poll_s=0.5,
+        details=compose.logs,
+    )
 
 
 def stack_containers(client: docker.DockerClient, compose: Compose) -> dict[str, Container]:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -115,6 +116,13 @@ def make_spec(run_id: str, data_dir: Path, image: str, script: str, **kwargs: An
         command=["sh", "-c", script],
         **kwargs,
     )
+
+
+def ran_for_s(container: Container) -> float:
+    """Seconds since the daemon started `container` (its `State.StartedAt`)."""
+    container.reload()
+    started = datetime.fromisoformat(container.attrs["State"]["StartedAt"])
+    return (datetime.now(UTC) - started).total_seconds()
 
 
 def create_run_container(client: docker.DockerClient, spec: ContainerSpec) -> Container:
@@ -425,9 +433,10 @@ def test_adopted_running_container_keeps_the_deadline_of_its_start(
     docker_client: docker.DockerClient, busybox_image: str, run_id: str, data_dir: Path
 ) -> None:
     spec = make_spec(run_id, data_dir, busybox_image, "sleep 30", timeout_s=3)
-    create_run_container(docker_client, spec).start()
-    # The behaviour is a span of time: the container has used 2 of its 3 s when a task adopts it.
-    time.sleep(2)
+    container = create_run_container(docker_client, spec)
+    container.start()
+    # The container has used 2 of its 3 s (by Docker's clock) when a task adopts it.
+    wait_until(lambda: ran_for_s(container) >= 2, WAIT_LIMIT_S, what="2 s of the container's run")
 
     began = time.monotonic()
     outcome = run_container(docker_client, spec)
@@ -443,9 +452,9 @@ def test_container_killed_on_timeout_by_another_task_reads_as_timed_out(
     spec = make_spec(run_id, data_dir, busybox_image, "sleep 30", timeout_s=1)
     container = create_run_container(docker_client, spec)
     container.start()
-    # The behaviour is a span of time: the container outlives its 1 s timeout, then another task
-    # kills it; only its run time tells that kill from any other end.
-    time.sleep(1.2)
+    # The container outlives its 1 s timeout (by Docker's clock), then another task kills it;
+    # only its run time tells that kill from any other end.
+    wait_until(lambda: ran_for_s(container) >= 1.2, WAIT_LIMIT_S, what="1.2 s of its run")
     container.kill()
     container.wait(timeout=WAIT_LIMIT_S)
 

@@ -30,6 +30,7 @@ from mao_celery.models import RunReport, Tool
 from mao_celery.node import Node
 from mao_celery.registry import Registry
 from tests.fixtures.node import NodeUnderTest, git
+from tests.fixtures.services import require_root
 
 pytestmark = pytest.mark.integration
 
@@ -348,6 +349,7 @@ def test_gitmodules_and_a_submodule_git_dir_are_not_followed(
 def test_prepare_clones_and_hands_over_without_running_planted_config(
     node: NodeUnderTest, registry: Registry, upstream: Upstream, tmp_path: Path
 ) -> None:
+    require_root()
     registry.tools.add(
         Tool(name="tool", author="t", image="busybox:latest", data_repo=upstream.url,
              code_repo=upstream.url, artefact="csv")
@@ -369,8 +371,7 @@ def test_prepare_clones_and_hands_over_without_running_planted_config(
 
     assert prepared.data_dir == str(data_dir)
     assert not marker.exists()
-    if os.geteuid() == 0:
-        assert (data_dir.stat().st_uid, data_dir.stat().st_gid) == (TOOL_UID, TOOL_UID)
+    assert (data_dir.stat().st_uid, data_dir.stat().st_gid) == (TOOL_UID, TOOL_UID)
 
 
 # ---- the layout -------------------------------------------------------------------------------
@@ -378,8 +379,7 @@ def test_prepare_clones_and_hands_over_without_running_planted_config(
 
 def test_a_tool_owned_work_tree_stays_usable_by_root(attack: Attack, importdir: Path) -> None:
     """git's safe.directory check is about discovery: an explicit --git-dir is not refused."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give the work tree away")
+    require_root()
     datasets.hand_over(attack.data_dir, TOOL_UID, TOOL_UID)
     attack.upstream.push_file("control-2.csv")
 
@@ -390,8 +390,7 @@ def test_a_tool_owned_work_tree_stays_usable_by_root(attack: Attack, importdir: 
 
 
 def test_hand_over_owns_everything_and_follows_no_symlink(attack: Attack, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give files away")
+    require_root()
     data_dir = attack.data_dir
     data_dir.chmod(0o700)
     outside_file = tmp_path / "root-file"
@@ -414,8 +413,7 @@ def test_hand_over_owns_everything_and_follows_no_symlink(attack: Attack, tmp_pa
 
 
 def test_hand_over_by_a_non_root_worker_keeps_ownership() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to another user")
+    require_root()
     nobody = 65534
     with tempfile.TemporaryDirectory() as tmp:  # under /tmp: pytest's tmp_path is root-only
         Path(tmp).chmod(0o755)

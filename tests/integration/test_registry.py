@@ -19,7 +19,7 @@ from mao_celery.registry import Registry, connect
 from mao_celery.settings import load_settings
 from tests.fixtures.node import NodeUnderTest
 from tests.fixtures.services import EtcdCluster, EtcdServer, connect_etcd, free_ports
-from tests.helpers import listing
+from tests.helpers import listing, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -239,8 +239,12 @@ def test_a_member_on_a_lease_vanishes_without_refresh(registry: Registry) -> Non
     registry.register_member(member, ttl_s=MEMBER_TTL_S)
     registered = time.monotonic()
     listed, invalid = registry.members()
-    while registry.members()[0] and time.monotonic() - registered < MEMBER_GONE_WITHIN_S:
-        time.sleep(0.2)
+    wait_until(
+        lambda: registry.members() == ([], []),
+        MEMBER_GONE_WITHIN_S,
+        what="the member gone with its lease",
+        poll_s=0.2,
+    )
     gone_after_s = time.monotonic() - registered
 
     assert (listed, invalid) == ([member], [])

@@ -306,8 +306,15 @@ def test_a_removed_schedule_fires_no_more(
         details=log_tail(beat),
     )
     after_remove = fired(node, "stopped")
-    # The behaviour is a span of time: no firing for two more periods.
-    time.sleep(2 * period_s)
+    # Beat reads its schedule on every tick (at most `period_s` apart while the entry was due):
+    # three more reads without a firing are three ticks at which the removed entry was not due.
+    reads = beat.log().count(READS_SCHEDULE)
+    wait_until(
+        lambda: beat.log().count(READS_SCHEDULE) >= reads + 3,
+        30,
+        what="three more beat ticks after the removal",
+        details=log_tail(beat),
+    )
 
     assert fired(node, "stopped") == after_remove
 
@@ -325,8 +332,15 @@ def test_a_node_down_for_several_periods_makes_one_catch_up_run_not_a_burst(
     beat.stop()
     worker.stop()
     runs_before = run_count(node, "patient")
-    # The behaviour is a span of time: the node is down for more than three periods.
-    time.sleep(down_s)
+    (entry,) = [i for i in listed(node) if i["tool"] == "patient"]
+    last_fired = datetime.fromisoformat(entry["last_fired_at"])
+    # The node stays down until the entry is more than three periods overdue.
+    wait_until(
+        lambda: (datetime.now(UTC) - last_fired).total_seconds() >= down_s,
+        down_s + 10,
+        what=f"the schedule to be {down_s:g} s past its last firing",
+        poll_s=0.5,
+    )
     node.start_worker()
     restarted = node.start_beat()
     wait_until(
