@@ -14,19 +14,14 @@ RECOVERY_INTERVAL_S = 30.0
 def beat_schedule(heartbeat_interval_s: float) -> dict[str, dict[str, Any]]:
     """Celery's `beat_schedule` of a node whose heartbeat runs every `heartbeat_interval_s` s."""
     return {
-        "mao-listen-notifications": {
-            "task": "mao.listen_notifications",
-            "schedule": NOTIFICATION_LISTENER_INTERVAL_S,
-            "options": {"expires": NOTIFICATION_LISTENER_INTERVAL_S},
-        },
-        "mao-member-heartbeat": {
-            "task": "mao.heartbeat",
-            "schedule": heartbeat_interval_s,
-            "options": {"expires": heartbeat_interval_s},
-        },
-        "mao-recover-runs": {
-            "task": "mao.recover_runs",
-            "schedule": RECOVERY_INTERVAL_S,
-            "options": {"expires": RECOVERY_INTERVAL_S},
-        },
+        "mao-listen-notifications": _every(
+            "mao.listen_notifications", NOTIFICATION_LISTENER_INTERVAL_S
+        ),
+        "mao-member-heartbeat": _every("mao.heartbeat", heartbeat_interval_s),
+        "mao-recover-runs": _every("mao.recover_runs", RECOVERY_INTERVAL_S),
     }
+
+
+def _every(task: str, interval_s: float) -> dict[str, Any]:
+    """An entry firing `task` every `interval_s` seconds, each fire expiring at the next one."""
+    return {"task": task, "schedule": interval_s, "options": {"expires": interval_s}}

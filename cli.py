@@ -14,7 +14,6 @@ interrupted or cancelled); 5 `tool run --wait-timeout-s` stopped waiting before 
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -110,15 +109,18 @@ def current_node() -> Node:
     return cast("Node", ctx.meta["mao.node"])
 
 
-def show_entry(kind: tools.Kind, name: str | None, as_json: bool) -> None:
-    """Print registry entry `name` of `kind`, or all of them (warning about invalid ones)."""
+def show_entry(kind: tools.Kind, name: str | None, as_json: bool) -> Any:
+    """Print registry entry `name` of `kind` and return it, or print all of them (warning about
+    invalid ones) and return None."""
     collection = tools.collection(current_node(), kind)
     if name is None:
         items, invalid = collection.list()
         render.warn_invalid(invalid)
         render.LISTINGS[kind].show(items, as_json, invalid)
-    else:
-        render.show_detail(collection.get(name), as_json)
+        return None
+    entry = collection.get(name)
+    render.show_detail(entry, as_json)
+    return entry
 
 
 def show_report(report: RunReport, as_json: bool) -> None:
@@ -165,10 +167,9 @@ def tool() -> None:
 def tool_get(name: str | None, as_json: bool) -> None:
     """List registered tools, or show every field of tool NAME and the run limits it gets on
     this node."""
-    show_entry("tool", name, as_json)
-    if name is not None and not as_json:
-        node = current_node()
-        render.echo_lines(render.tool_limit_lines(node.registry.tools.get(name), node.settings))
+    shown = show_entry("tool", name, as_json)
+    if shown is not None and not as_json:
+        render.echo_lines(render.tool_limit_lines(shown, current_node().settings))
 
 
 def _memory(_: click.Context, __: click.Parameter, value: str | None) -> int | None:
@@ -477,11 +478,7 @@ def run_show(run_id: str, as_json: bool) -> None:
 def run_forget(run_id: str) -> None:
     """Remove run RUN_ID's record from this node, readable or not, and free the tool lock it
     holds (a run that has not ended is refused: exit 1). A unique prefix of the id will do."""
-    node = current_node()
-    with contextlib.suppress(errors.NotFound):  # no record: its index entries or lock may be left
-        run_id = tools.resolve_run(node, run_id)
-    tools.forget_run(node, run_id)
-    click.echo(f"run {run_id} forgotten")
+    click.echo(f"run {tools.forget_run(current_node(), run_id)} forgotten")
 
 
 @run.command("cancel")

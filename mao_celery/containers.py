@@ -361,19 +361,14 @@ def stop_run_containers(
             filters={"label": LABEL_RUN_ID}, ignore_removed=True
         ):
             run_id = container.labels[LABEL_RUN_ID]
-            if run_id not in run_ids:
-                continue
-            try:
-                container.stop(timeout=math.ceil(timeout_s))
-            except docker.errors.NotFound:
-                continue
-            stopped.append(run_id)
+            if run_id in run_ids and stop_container(container, timeout_s):
+                stopped.append(run_id)
     return stopped
 
 
-def stop_container(container: Container, timeout_s: float = CANCEL_STOP_S) -> None:
+def stop_container(container: Container, timeout_s: float = CANCEL_STOP_S) -> bool:
     """Stop `container`: SIGTERM, then SIGKILL after `timeout_s` seconds (rounded up); one
-    that has stopped or is gone is fine.
+    that has stopped is fine. False when it is gone.
 
     Raises:
         APIError: Docker refused for another reason.
@@ -381,7 +376,8 @@ def stop_container(container: Container, timeout_s: float = CANCEL_STOP_S) -> No
     try:
         container.stop(timeout=math.ceil(timeout_s))
     except docker.errors.NotFound:
-        return
+        return False
+    return True
 
 
 def end_run_container(

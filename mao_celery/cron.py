@@ -125,11 +125,7 @@ class CronSchedule(BaseSchedule):  # type: ignore[misc]
         self.expr = parse_cron(expr)
         self.tz_name = tz
         self.zone = zone(tz)
-        fields = self.expr.split()
-        hour = (
-            fields[1] if len(fields) == len(CRON_FIELDS) else "*" if self.expr == "@hourly" else "0"
-        )
-        self._wildcard_hour = hour.startswith("*")
+        self._wildcard_hour = MACROS.get(self.expr, self.expr).split()[1].startswith("*")
         super().__init__(nowfun=nowfun)
 
     # ---- fire times ----
@@ -146,6 +142,11 @@ class CronSchedule(BaseSchedule):  # type: ignore[misc]
             for instant in self._instants(wall):
                 if instant > after and (best is None or instant < best):
                     best = instant
+
+    def fire_since(self, last_run_at: datetime, now: datetime) -> datetime:
+        """The first fire time after `last_run_at` (naive: UTC), searched from at most
+        `CATCH_UP_LIMIT` before `now`: at or before `now` when the schedule is overdue."""
+        return self.next_fire(max(aware(last_run_at), now - CATCH_UP_LIMIT))
 
     def next_fires(self, after: datetime, count: int) -> list[datetime]:
         """The `count` fire times after `after` (aware), in UTC, in order."""
@@ -176,22 +177,21 @@ class CronSchedule(BaseSchedule):  # type: ignore[misc]
 
     def now(self) -> datetime:
         """The current time, aware, in UTC."""
-        now: datetime = super().now()
-        return now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
+        return aware(super().now()).astimezone(UTC)
 
     def is_due(self, last_run_at: datetime) -> schedstate:
         """Whether a fire time has passed since `last_run_at` (then it fires once, however many
         passed), and the seconds until the next check (the next fire time)."""
         now = self.now()
-        last = aware(last_run_at)
-        due = self.next_fire(max(last, now - CATCH_UP_LIMIT)) <= now
-        following = self.next_fire(now if due else max(last, now - CATCH_UP_LIMIT))
+        first = self.fire_since(last_run_at, now)
+        due = first <= now
+        following = self.next_fire(now) if due else first
         return schedstate(due, (following - now).total_seconds())
 
     def remaining_estimate(self, last_run_at: datetime) -> timedelta:
         """The time from now until the first fire time after `last_run_at` (negative: overdue)."""
         now = self.now()
-        return self.next_fire(max(aware(last_run_at), now - CATCH_UP_LIMIT)) - now
+        return self.fire_since(last_run_at, now) - now
 
     # ---- identity and storage ----
 

@@ -224,10 +224,7 @@ def local_path(importdir: Path, name: str) -> Path:
     Raises:
         InvalidInput: `name` is not a valid name (design.md §3), e.g. `../x`.
     """
-    try:
-        return importdir / validate_name(name)
-    except ValueError as e:
-        raise InvalidInput(str(e)) from e
+    return importdir / _valid(validate_name, name)
 
 
 def store_path(dest: Path) -> Path:
@@ -263,12 +260,10 @@ def clone(
         NotFound: there is no repository at the URL, or no such branch.
         GitUnavailable: git could not read the remote, or timed out (a ServiceUnavailable).
     """
-    _check_url(url)
-    _check_branch(branch)
-    try:
-        validate_name(dest.name)
-    except ValueError as e:
-        raise InvalidInput(str(e)) from e
+    _valid(validate_git_url, url)
+    if branch is not None:
+        _valid(validate_branch, branch)
+    _valid(validate_name, dest.name)
     target = _Clone.of(dest)
     if os.path.lexists(dest):
         if dest.is_dir() and (target.git_dir.is_dir() or target.is_old_layout()):
@@ -323,8 +318,7 @@ def update(
     _check_origin(dest, remote, url)
     fetch = [*target.args(), "fetch", "--progress", "--no-recurse-submodules"]
     _remote(fetch, endpoint=remote, credentials=credentials, limits=limits, tries=tries)
-    if _head(target) is None:
-        _fix_dangling_head(target, remote, timeout_s)
+    _fix_dangling_head(target, remote, timeout_s)
     merged = _run([*target.args(), "merge", "--ff-only", "--quiet"], timeout_s=timeout_s)
     if merged.status != 0:
         raise InvalidInput(
@@ -453,7 +447,7 @@ def _migrate(target: _Clone, url: str, credentials: Path | None, limits: GitLimi
         InvalidInput: the URL is refused, or git cannot index the work tree.
         NotFound, ServiceUnavailable: as `clone`.
     """
-    _check_url(url)
+    _valid(validate_git_url, url)
     timeout_s = limits.timeout_s
     with _staging(target) as stage:
         staged = _clone_into(stage, url, credentials, limits, checkout=False)
@@ -774,20 +768,10 @@ def _remote(
     raise GitUnavailable(shown, failed)
 
 
-def _check_branch(branch: str | None) -> None:
-    """Raise InvalidInput when `branch` is given and `models.validate_branch` refuses it."""
-    if branch is None:
-        return
+def _valid(validate: Callable[[str], str], value: str) -> str:
+    """`validate(value)` (one of `models.validate_*`); its ValueError raised as InvalidInput."""
     try:
-        validate_branch(branch)
-    except ValueError as e:
-        raise InvalidInput(str(e)) from e
-
-
-def _check_url(url: str) -> None:
-    """Raise InvalidInput when `models.validate_git_url` refuses `url`."""
-    try:
-        validate_git_url(url)
+        return validate(value)
     except ValueError as e:
         raise InvalidInput(str(e)) from e
 

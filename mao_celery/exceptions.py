@@ -3,9 +3,14 @@
 The CLI maps each class to an exit code; tasks record them in the run report.
 """
 
-from pydantic import ValidationError
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from mao_celery.text import redact_urls
+
+if TYPE_CHECKING:  # pydantic is not loaded by `maoctl --help`, which imports this module
+    from pydantic import ValidationError
 
 
 class MaoError(Exception):

@@ -76,6 +76,11 @@ class WorkerInfo:
     active_runs: tuple[str, ...]
 
 
+def _broker(app: Celery) -> str:
+    """`app`'s broker URL, passwords masked."""
+    return redact_url(str(app.conf.broker_url))
+
+
 def ping_workers(
     app: Celery, timeout_s: float = PING_TIMEOUT_S, limit: int | None = None
 ) -> list[str]:
@@ -85,7 +90,7 @@ def ping_workers(
     Raises:
         ServiceUnavailable: the broker (Redis) did not answer.
     """
-    broker = redact_url(str(app.conf.broker_url))
+    broker = _broker(app)
     try:
         replies = app.control.ping(timeout=timeout_s, limit=limit) or []
     except Exception as e:  # kombu/redis raise several kinds for a broker that is away
@@ -102,7 +107,7 @@ def inspect_workers(app: Celery, timeout_s: float = PING_TIMEOUT_S) -> list[Work
     hosts = ping_workers(app, timeout_s)
     if not hosts:
         return []
-    broker = redact_url(str(app.conf.broker_url))
+    broker = _broker(app)
     inspect = app.control.inspect(destination=hosts, timeout=timeout_s, limit=len(hosts))
     try:
         stats = inspect.stats() or {}
@@ -141,7 +146,7 @@ def check_workers(app: Celery) -> Check:
     except ServiceUnavailable as e:
         return Check("workers", False, str(e))
     if not workers:
-        broker = redact_url(str(app.conf.broker_url))
+        broker = _broker(app)
         return Check("workers", False, str(NoWorker(broker, PING_TIMEOUT_S)), data={"workers": []})
     parts = []
     for w in workers:
@@ -178,10 +183,8 @@ def check_beat(app: Celery, settings: Settings) -> Check:
     sets the lock's expiry back to `MAO_BEAT_LOCK_TIMEOUT_S` on each tick, so its last tick was
     (lock timeout - time left) seconds ago.
     """
-    import redis
-
     key = beat_lock_key(app)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    client = _redis(settings.redis_url)
     try:
         token = client.get(key)
         left_ms = client.pttl(key)
@@ -244,7 +247,7 @@ def check_redis(settings: Settings) -> Check:
     A database index beyond the server's `databases` setting is an invalid setting, not an
     outage: the detail says which range the server has.
     """
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    client = _redis(settings.redis_url)
     shown = redact_url(settings.redis_url)
     try:
         client.ping()
@@ -260,10 +263,15 @@ def check_redis(settings: Settings) -> Check:
     return Check("Redis", True, shown)
 
 
+def _redis(url: str, **options: Any) -> redis.Redis:
+    """A client of the Redis at `url` for a check: 3 s to connect, 3 s per call."""
+    return redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3, **options)
+
+
 def _database_out_of_range(url: str, shown: str) -> str:
     """The one-line detail of a Redis URL whose database the server does not have."""
     index = urlsplit(url).path.lstrip("/") or "0"
-    server = redis.Redis.from_url(url, db=0, socket_timeout=3, socket_connect_timeout=3)
+    server = _redis(url, db=0)
     try:
         count = server.config_get("databases").get("databases")
     except redis.RedisError:

@@ -18,9 +18,9 @@ from mao_celery.celery_app import app
 from mao_celery.enqueue import lock_ttl_s, start_run
 from mao_celery.exceptions import AlreadyRunning, MaoError, NotFound, ServiceUnavailable
 from mao_celery.models import RunReport
+from mao_celery.node import Node
 from mao_celery.node_state import CURSOR_KEY, NodeState
 from mao_celery.registry import Registry
-from mao_celery.runs import RunStore
 from mao_celery.schedules import TASK as SCHEDULED_RUN
 from mao_celery.schedules import ScheduleStore
 from mao_celery.tasks import node
@@ -153,9 +153,7 @@ def scheduled_run(self: Task, tool: str) -> str | None:
             # A retry outlives the fire's `expires` (one period): the window is bounded by
             # the retries, and an expired retry would drop the fire without a trace.
             raise self.retry(exc=e, countdown=countdown, expires=None) from e
-        _fail_fire(
-            ctx.runs, tool, run_id, f"scheduled run not started after {attempts} attempts: {e}"
-        )
+        _fail_fire(ctx, tool, run_id, f"scheduled run not started after {attempts} attempts: {e}")
         return None
 
 
@@ -167,13 +165,13 @@ def _note_fire(schedules: ScheduleStore, tool: str, run_id: str, outcome: str) -
         log.warning("could not note the scheduled run %s of %s: %s", run_id, tool, e)
 
 
-def _fail_fire(runs: RunStore, tool: str, run_id: str, reason: str) -> None:
+def _fail_fire(ctx: Node, tool: str, run_id: str, reason: str) -> None:
     """Record fire `run_id` of `tool` as a failed run with `reason` (in `tool runs` and
     `schedule list`); log it as an error when even that is impossible."""
-    report = RunReport(run_id=run_id, tool=tool, node=node().settings.node_id)
+    report = RunReport(run_id=run_id, tool=tool, node=ctx.settings.node_id)
     try:
-        runs.begin(report, lock_ttl_s(node().settings))
-        runs.save(report.failed(reason))
+        ctx.runs.begin(report, lock_ttl_s(ctx.settings))
+        ctx.runs.save(report.failed(reason))
     except AlreadyRunning as e:
         log.warning("scheduled run of %s skipped: %s", tool, e)
     except ServiceUnavailable as e:

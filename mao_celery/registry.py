@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 import pyetcd
@@ -263,27 +263,37 @@ class Collection(Generic[M]):
         """
         name = getattr(item, "name")  # noqa: B009 - every registry model has a name
         key = self.key(name)
+        created = self._put_if(key, item, lambda client: client.transactions.create(key) == 0)
+        if not created and self._stored(key)[0] != item:
+            raise AlreadyExists(f"{self.kind} {name!r} already exists")
+
+    def _put_if(
+        self, key: str, item: M, compare: Callable[[pyetcd.MultiEndpointEtcd3Client], Any]
+    ) -> bool:
+        """Write `item` at `key` in one transaction if `compare(client)` holds; True if written."""
         value = item.model_dump_json()
 
-        def create(client: pyetcd.MultiEndpointEtcd3Client) -> bool:
+        def put(client: pyetcd.MultiEndpointEtcd3Client) -> bool:
             ok, _ = client.transaction(
-                compare=[client.transactions.create(key) == 0],
+                compare=[compare(client)],
                 success=[client.transactions.put(key, value)],
                 failure=[],
             )
             return bool(ok)
 
-        if not self._etcd.call(create) and self._stored(key) != item:
-            raise AlreadyExists(f"{self.kind} {name!r} already exists")
+        return self._etcd.call(put)
 
-    def _stored(self, key: str) -> M | None:
-        """The valid value at `key`, or None. A create retried after a lost reply finds its
-        own write here and so is not reported as a clash."""
-        raw, _ = self._etcd.call(lambda client: client.get(key))
+    def _stored(self, key: str) -> tuple[M | None, int | None]:
+        """The valid value at `key` (None: absent or invalid) and its mod revision (None:
+        absent), in one read. A write retried after a lost reply finds its own value here and
+        so is not reported as a clash."""
+        raw, meta = self._etcd.call(lambda client: client.get(key))
+        if raw is None:
+            return None, None
         try:
-            return None if raw is None else self._parse(key, raw)
+            return self._parse(key, raw), int(meta.mod_revision)
         except InvalidInput:
-            return None
+            return None, int(meta.mod_revision)
 
     def _parse(self, key: str, raw: bytes) -> M:
         """The entry at `key`, validated, and named as its key says.
@@ -310,11 +320,7 @@ class Collection(Generic[M]):
             InvalidInput: the stored value is not valid (written by another client?).
             ServiceUnavailable: etcd did not answer.
         """
-        key = self.key(name)
-        raw, _ = self._etcd.call(lambda client: client.get(key))
-        if raw is None:
-            raise NotFound(f"{self.kind} {name!r} is not registered")
-        return self._parse(key, raw)
+        return self.get_with_revision(name)[0]
 
     def get_with_revision(self, name: str) -> tuple[M, int]:
         """Entry `name`, validated, and its etcd mod revision (for `replace`).
@@ -340,20 +346,10 @@ class Collection(Generic[M]):
         """
         name = getattr(item, "name")  # noqa: B009 - every registry model has a name
         key = self.key(name)
-        value = item.model_dump_json()
-
-        def swap(client: pyetcd.MultiEndpointEtcd3Client) -> bool:
-            ok, _ = client.transaction(
-                compare=[client.transactions.mod(key) == revision],
-                success=[client.transactions.put(key, value)],
-                failure=[],
-            )
-            return bool(ok)
-
-        if self._etcd.call(swap):
+        if self._put_if(key, item, lambda client: client.transactions.mod(key) == revision):
             return
-        current = self._current_revision(key)
-        if current is not None and self._stored(key) == item:
+        stored, current = self._stored(key)
+        if stored == item:
             return  # a retried swap whose first reply was lost: our own write is there
         now = "was removed" if current is None else f"is now at revision {current}"
         raise Conflict(
@@ -376,11 +372,6 @@ class Collection(Generic[M]):
         self._named_as_key(self.key(name), changed)
         self.replace(changed, revision)
         return changed
-
-    def _current_revision(self, key: str) -> int | None:
-        """The mod revision of `key`, or None when it does not exist."""
-        raw, meta = self._etcd.call(lambda client: client.get(key))
-        return None if raw is None else int(meta.mod_revision)
 
     def list(self) -> tuple[list[M], list[InvalidEntry]]:
         """All entries in one prefix read, sorted by name, and the ones that failed validation

@@ -206,12 +206,12 @@ def _time(value: Any, fmt: str = COMPACT_TIME) -> str:
     return "" if value is None else format(value, fmt)
 
 
+SHORT_ID = 8
+
+
 def short_id(run_id: str | None) -> str:
     """A run id as tables show it: its first 8 characters (`run show` takes any unique prefix)."""
     return "" if run_id is None else run_id[:SHORT_ID]
-
-
-SHORT_ID = 8
 
 
 def number(value: float | None) -> str:
@@ -275,7 +275,7 @@ def show_detail(entry: Any, as_json: bool) -> None:
 
 def _local(value: Any) -> str:
     """An aware time in its own zone, with the zone's abbreviation ("2026-03-29 06:00 CEST")."""
-    return "" if value is None else format(value, "%Y-%m-%d %H:%M %Z")
+    return _time(value, f"{COMPACT_TIME} %Z")
 
 
 def schedule_row(i: ScheduleInfo) -> Sequence[object]:
@@ -438,15 +438,9 @@ def show_local_datasets(local: Sequence[LocalDataset], as_json: bool) -> None:
 # ---- the node --------------------------------------------------------------------------------
 
 
-def settings_values(conf: Settings) -> dict[str, Any]:
-    """The settings as JSON data, derived values filled in (e.g. the broker's visibility
-    timeout), passwords in URLs masked (`Settings.effective_values`)."""
-    return conf.effective_values()
-
-
 def show_settings(conf: Settings, as_json: bool) -> None:
     """Print the settings (passwords in URLs masked) as JSON or as `name value` lines."""
-    values = settings_values(conf)
+    values = conf.effective_values()
     if as_json:
         print_json(values)
     else:
@@ -576,7 +570,7 @@ def show_effective_settings(
     """Print the local settings next to those each worker published (`worker_info`), derived
     values filled in; a worker that does not answer a ping is marked stale, and the settings in
     which a worker differs from the local ones are marked `*`."""
-    local = settings_values(conf)
+    local = conf.effective_values()
     workers: list[dict[str, Any]] = [
         {
             "hostname": p.hostname,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar, cast
@@ -32,8 +31,8 @@ from mao_celery.exceptions import (
     NotFound,
 )
 from mao_celery.exceptions import describe_validation_error as describe
-from mao_celery.models import TERMINAL_STATUSES, RunReport
-from mao_celery.records import NONE, STRING, ZSET, InvalidRecord, checked_call, wrong_type
+from mao_celery.models import RUN_ID_RE, TERMINAL_STATUSES, RunReport
+from mao_celery.records import NONE, STRING, ZSET, InvalidRecord, checked_call, type_of, wrong_type
 from mao_celery.redis_calls import redis_call, redis_client
 
 T = TypeVar("T")
@@ -47,7 +46,6 @@ LOG_KEY = "mao:log:"
 LOG_CUT_KEY = "mao:logcut:"
 LOG_MAX_BYTES = 1 << 20
 """Most bytes of a run's container output kept (the last ones): 1 MiB per run."""
-_RUN_ID_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """What a run id (models.validate_run_id) or a prefix of one looks like: no glob character."""
 
 # Take the tool's lock for a new run and record the run, atomically. The lock is taken when it is
@@ -199,11 +197,10 @@ class RunStore:
             if not self._save(keys=[key], args=[report.model_dump_json(), str(report.status)]):
                 return False
             if report.status in TERMINAL_STATUSES:
-                self._release(keys=[_lock_key(report.tool)], args=[report.run_id])
-                self._trim(report.tool)
+                self._end(report)
             return True
 
-        return self._call(write, {_lock_key(report.tool): STRING, _runs_key(report.tool): ZSET})
+        return self._call(write, self._tool_keys(report.tool))
 
     def cancel(self, run_id: str, by: str) -> tuple[RunReport, bool]:
         """Mark run `run_id` cancelled by `by` unless it has ended (atomically: a step that
@@ -240,8 +237,8 @@ class RunStore:
         report, cancelled = self._call(mark, {key: STRING})
         if report is None:
             raise NotFound(f"run {run_id!r} is not known on this node")
-        if cancelled:
-            self.save(report)  # releases the tool's lock, trims the history
+        if cancelled:  # the record is written: release the tool's lock, trim the history
+            self._call(lambda: self._end(report), self._tool_keys(report.tool))
         return report, cancelled
 
     def append_log(self, run_id: str, data: bytes, max_bytes: int = LOG_MAX_BYTES) -> None:
@@ -292,6 +289,16 @@ class RunStore:
         data, cut = self._call(read, {log_key: STRING, cut_key: STRING})
         first = max(start, cut)
         return data, first, first + len(data)
+
+    def _tool_keys(self, tool: str) -> dict[str, str]:
+        """The Redis types of `tool`'s lock and run index (for `_call`)."""
+        return {_lock_key(tool): STRING, _runs_key(tool): ZSET}
+
+    def _end(self, report: RunReport) -> None:
+        """What follows the record of an ended run: its tool's lock released (when the run
+        holds it), the tool's history trimmed."""
+        self._release(keys=[_lock_key(report.tool)], args=[report.run_id])
+        self._trim(report.tool)
 
     def _trim(self, tool: str) -> None:
         runs_key = _runs_key(tool)
@@ -359,7 +366,7 @@ class RunStore:
                 return parse_report(key, raw)
             except InvalidState as e:
                 return InvalidRecord(e.key, e.reason)
-        kind = redis_call(self._url, lambda: str(self._redis.type(key)))
+        kind = type_of(self._redis, self._url, key)
         return None if kind == NONE else wrong_type(key, kind, STRING)
 
     def get(self, run_id: str) -> RunReport:
@@ -387,7 +394,7 @@ class RunStore:
             AmbiguousId: several do; the message says how many.
             ServiceUnavailable: Redis did not answer.
         """
-        if not _RUN_ID_PREFIX.fullmatch(prefix):
+        if not RUN_ID_RE.fullmatch(prefix):  # a prefix of a run id is shaped like one
             raise NotFound(f"run {prefix!r} is not known on this node")
         exact = RUN_KEY + prefix
 

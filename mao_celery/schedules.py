@@ -41,7 +41,7 @@ from redbeat import RedBeatSchedulerEntry
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from redbeat.schedulers import RedBeatConfig, ensure_conf, get_redis
 
-from mao_celery.cron import CATCH_UP_LIMIT, JSON_TYPE, CronSchedule, aware, describe, zone
+from mao_celery.cron import JSON_TYPE, CronSchedule, aware, describe, zone
 from mao_celery.exceptions import InvalidInput, InvalidState, NotFound
 from mao_celery.models import RunReport, RunStatus
 from mao_celery.redis_calls import redis_call
@@ -304,7 +304,7 @@ class ScheduleStore:
 
     def _upcoming(self, tool: str, count: int) -> tuple[ScheduleInfo, list[datetime]]:
         entry = self._existing(tool)
-        info = self._info(tool, None)
+        info = self._describe(tool, entry, None)
         if not entry.enabled:
             return info, []
         first = next_run_at(entry, datetime.now(UTC))
@@ -319,6 +319,11 @@ class ScheduleStore:
             return ScheduleInfo(tool=tool, key=key, state="invalid", error=e.reason)
         if entry is None:
             return ScheduleInfo(tool=tool, key=key, state="invalid", error="only in the index")
+        return self._describe(tool, entry, runs)
+
+    def _describe(self, tool: str, entry: ScheduleEntry, runs: RunStore | None) -> ScheduleInfo:
+        """`_info` of `tool`'s entry `entry`, already loaded."""
+        key = self.key(tool)
         spec = self._spec(key)
         tz = str(spec.get("tz") or getattr(entry.schedule, "tz_name", "UTC"))
         next_at = next_run_at(entry, datetime.now(UTC)) if entry.enabled else None
@@ -422,7 +427,7 @@ def next_run_at(entry: RedBeatSchedulerEntry, now: datetime) -> datetime:
     last = entry.last_run_at or now
     sched = entry.schedule
     if isinstance(sched, CronSchedule):
-        due = sched.next_fire(max(aware(last), now - CATCH_UP_LIMIT))
+        due = sched.fire_since(last, now)
     else:
         due = aware(last) + sched.run_every
     return max(due, now).astimezone(UTC).replace(microsecond=0)

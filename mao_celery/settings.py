@@ -28,18 +28,9 @@ from pydantic_settings import (
 
 from mao_celery.exceptions import InvalidInput, describe_validation_error
 from mao_celery.models import (
-    DOCKER_MAX_MEMORY_BYTES as DOCKER_MAX_MEMORY_BYTES,
-)
-from mao_celery.models import (
-    DOCKER_MIN_CPUS as DOCKER_MIN_CPUS,
-)
-from mao_celery.models import (
-    DOCKER_MIN_MEMORY_BYTES as DOCKER_MIN_MEMORY_BYTES,
-)
-from mao_celery.models import (
-    MAX_WAIT_S as MAX_WAIT_S,
-)
-from mao_celery.models import (
+    DOCKER_MIN_CPUS,
+    MemoryBytes,
+    TimeoutS,
     validate_network,
     validate_node_id,
 )
@@ -54,7 +45,8 @@ BEAT_MAX_LOOP_INTERVAL_S = 5
 # MAO_TOOL_USER: numeric uid:gid (names would need the image's /etc/passwd).
 TOOL_USER_RE = re.compile(r"(?P<uid>[0-9]{1,10}):(?P<gid>[0-9]{1,10})")
 
-# Limits of the services the settings end up in (MAX_WAIT_S and the Docker limits: models.py).
+# Limits of the services the settings end up in (`TimeoutS`, `MemoryBytes` and the Docker
+# limits: models.py).
 ETCD_MAX_LEASE_TTL_S = 9_000_000_000
 """etcd's largest lease TTL in seconds (`lease.MaxLeaseTTL`); a longer one is refused by etcd."""
 
@@ -135,15 +127,11 @@ class Settings(BaseSettings):
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
     spike_window: int = Field(default=2, ge=1, le=1000)
     spike_threshold_pct: float = Field(default=20.0, gt=0)
-    run_timeout_s: float = Field(default=3600.0, gt=0, le=MAX_WAIT_S)
-    run_memory_bytes: int = Field(
-        default=1 << 30, ge=DOCKER_MIN_MEMORY_BYTES, le=DOCKER_MAX_MEMORY_BYTES
-    )
+    run_timeout_s: TimeoutS = 3600.0
+    run_memory_bytes: MemoryBytes = 1 << 30
     run_cpus: float | None = Field(default=None, ge=DOCKER_MIN_CPUS)
-    run_timeout_max_s: float | None = Field(default=None, gt=0, le=MAX_WAIT_S)
-    run_memory_max_bytes: int | None = Field(
-        default=None, ge=DOCKER_MIN_MEMORY_BYTES, le=DOCKER_MAX_MEMORY_BYTES
-    )
+    run_timeout_max_s: TimeoutS | None = None
+    run_memory_max_bytes: MemoryBytes | None = None
     run_cpus_max: float | None = Field(default=None, ge=DOCKER_MIN_CPUS)
     tool_user: str = "10001:10001"
     tool_network: str = "none"
@@ -154,7 +142,7 @@ class Settings(BaseSettings):
     git_low_speed_time_s: int = Field(default=30, ge=1, le=3600)
     run_history: int = Field(default=50, ge=1, le=100_000)
     notification_retention_s: int = Field(default=30 * 24 * 3600, ge=60, le=ETCD_MAX_LEASE_TTL_S)
-    broker_visibility_timeout_s: float | None = Field(default=None, gt=0, le=MAX_WAIT_S)
+    broker_visibility_timeout_s: TimeoutS | None = None
     heartbeat_interval_s: float = Field(default=10.0, gt=0, le=3600)
     member_ttl_s: int = Field(default=30, ge=2, le=ETCD_MAX_LEASE_TTL_S)
     beat_lock_timeout_s: int = Field(default=30, gt=BEAT_MAX_LOOP_INTERVAL_S, le=3600)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mao_celery.exceptions import InvalidInput, NotFound
 from mao_celery.models import InvalidControlFile, SpikeResult
+from mao_celery.text import format_gain_pct
 
 CONTROL_PREFIX = "control-"
 CONTROL_SUFFIX = ".csv"
@@ -153,7 +154,7 @@ def evaluate(
         difference,
         gain_pct,
         spike,
-        f"gain {gain_pct:+.1f}% {verdict} {threshold_pct:.1f}%",
+        f"gain {format_gain_pct(gain_pct)} {verdict} {threshold_pct:.1f}%",
     )
 
 

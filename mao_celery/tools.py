@@ -282,9 +282,9 @@ def get_run(node: Node, run_id: str) -> RunReport:
     return node.runs.get(resolve_run(node, run_id))
 
 
-def forget_run(node: Node, run_id: str) -> list[str]:
+def forget_run(node: Node, run_id: str) -> str:
     """Remove run `run_id`'s record (readable or not) from this node and free the tool lock it
-    holds; returns the keys deleted or changed.
+    holds; returns the run's id (in full when `run_id` was a prefix of it).
 
     `run_id` may be a unique prefix of a run's record; a full id whose record is gone still
     clears its index entries and lock.
@@ -297,7 +297,8 @@ def forget_run(node: Node, run_id: str) -> list[str]:
     """
     with contextlib.suppress(NotFound):  # no record: its index entries or lock may be left
         run_id = resolve_run(node, run_id)
-    return node.runs.forget(run_id)
+    node.runs.forget(run_id)
+    return run_id
 
 
 def cancel_run(node: Node, run_id: str, by: str) -> Cancelled:

@@ -9,6 +9,7 @@ tells it from a live one by pinging the workers. Passwords in URLs are masked be
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from datetime import datetime
 from typing import Any
 
@@ -55,13 +56,10 @@ def publish(settings: Settings, hostname: str) -> PublishedSettings:
         started_at=utcnow(),
         settings=settings.effective_values(),
     )
-    client = redis_client(settings.redis_url)
-    try:
+    with closing(redis_client(settings.redis_url)) as client:
         redis_call(
             settings.redis_url, lambda: client.set(key(hostname), published.model_dump_json())
         )
-    finally:
-        client.close()
     return published
 
 
@@ -71,11 +69,8 @@ def withdraw(settings: Settings, hostname: str) -> None:
     Raises:
         ServiceUnavailable: Redis did not answer.
     """
-    client = redis_client(settings.redis_url)
-    try:
+    with closing(redis_client(settings.redis_url)) as client:
         redis_call(settings.redis_url, lambda: client.delete(key(hostname)))
-    finally:
-        client.close()
 
 
 def read_all(settings: Settings) -> tuple[list[PublishedSettings], list[InvalidRecord]]:
@@ -85,10 +80,9 @@ def read_all(settings: Settings) -> tuple[list[PublishedSettings], list[InvalidR
     Raises:
         ServiceUnavailable: Redis did not answer.
     """
-    client = redis_client(settings.redis_url)
     found: list[PublishedSettings] = []
     invalid: list[InvalidRecord] = []
-    try:
+    with closing(redis_client(settings.redis_url)) as client:
 
         def scan() -> list[tuple[str, str | None]]:
             keys = sorted(client.scan_iter(f"{KEY_PREFIX}*{KEY_SUFFIX}"))
@@ -101,14 +95,13 @@ def read_all(settings: Settings) -> tuple[list[PublishedSettings], list[InvalidR
                     values.append((k, None))  # WRONGTYPE
             return values
 
-        for k, raw in redis_call(settings.redis_url, scan):
-            if raw is None:
-                invalid.append(InvalidRecord(k, "not a string (wrong type) or gone"))
-                continue
-            try:
-                found.append(PublishedSettings.model_validate_json(raw))
-            except ValidationError as e:
-                invalid.append(InvalidRecord(k, describe_validation_error(e)))
-    finally:
-        client.close()
+        entries = redis_call(settings.redis_url, scan)
+    for k, raw in entries:
+        if raw is None:
+            invalid.append(InvalidRecord(k, "not a string (wrong type) or gone"))
+            continue
+        try:
+            found.append(PublishedSettings.model_validate_json(raw))
+        except ValidationError as e:
+            invalid.append(InvalidRecord(k, describe_validation_error(e)))
     return found, invalid

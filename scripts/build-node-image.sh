@@ -98,18 +98,28 @@ pyproject_requires=$(.venv/bin/python -c 'import tomllib
 with open("pyproject.toml", "rb") as f:
     p = tomllib.load(f)
 print(*p["build-system"]["requires"], *p["project"].get("dependencies", []), sep="\n")')
-# download_git_debs: git and ca-certificates, and what the base lacks of their dependencies.
-download_git_debs() {
-  apt-get -q -y --download-only --no-install-recommends -o Dir::State::status="$DEBS/status" \
-    -o Dir::Cache::archives="$DEBS" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= \
-    install git ca-certificates >>"$FETCH_LOG" 2>&1
+# download_debs DIR PACKAGE...: the PACKAGEs and what the base lacks of their dependencies into
+# DIR (apt on this host resolves them against the base's dpkg status, DIR/status).
+download_debs() {
+  local dir=$1
+  shift
+  apt-get -q -y --download-only --no-install-recommends -o Dir::State::status="$dir/status" \
+    -o Dir::Cache::archives="$dir" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= \
+    install "$@" >>"$FETCH_LOG" 2>&1
 }
 
-# download_service_debs DIR PACKAGE: PACKAGE and what the base lacks of its dependencies into DIR.
-download_service_debs() {
-  apt-get -q -y --download-only --no-install-recommends -o Dir::State::status="$1/status" \
-    -o Dir::Cache::archives="$1" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= \
-    install "$2" >>"$FETCH_LOG" 2>&1
+# fetch_debs DIR WHAT PACKAGE...: download_debs into DIR with the base's dpkg status; WHAT names
+# the packages in the error. A fresh machine may have no (or stale) package lists: they are
+# updated once if the first try fails.
+fetch_debs() {
+  local dir=$1 what=$2
+  shift 2
+  mkdir -p "$dir/partial"
+  in_base cat /var/lib/dpkg/status >"$dir/status"
+  download_debs "$dir" "$@" ||
+    { apt-get -q update >>"$FETCH_LOG" 2>&1 && download_debs "$dir" "$@"; } ||
+    die "apt-get could not download $what for $BASE_IMAGE; see $FETCH_LOG"
+  rm -rf "$dir/partial" "$dir/status" "$dir"/lock*
 }
 
 # fetch_service_debs: var/service-debs/{redis,etcd} for a Debian base of this host's release
@@ -126,17 +136,9 @@ fetch_service_debs() {
   fi
   say "fetch: redis-server and etcd-server for $BASE_IMAGE into var/service-debs"
   rm -rf "$SERVICE_DEBS"
-  local service package
+  local service
   for service in redis etcd; do
-    package=$([[ $service == redis ]] && echo redis-server || echo etcd-server)
-    mkdir -p "$SERVICE_DEBS/$service/partial"
-    in_base cat /var/lib/dpkg/status >"$SERVICE_DEBS/$service/status"
-    download_service_debs "$SERVICE_DEBS/$service" "$package" ||
-      { apt-get -q update >>"$FETCH_LOG" 2>&1 &&
-        download_service_debs "$SERVICE_DEBS/$service" "$package"; } ||
-      die "apt-get could not download $package for $BASE_IMAGE; see $FETCH_LOG"
-    rm -rf "$SERVICE_DEBS/$service/partial" "$SERVICE_DEBS/$service/status" \
-      "$SERVICE_DEBS/$service"/lock*
+    fetch_debs "$SERVICE_DEBS/$service" "$service-server" "$service-server"
   done
   echo "$base_id" >"$SERVICE_STAMP"
 }
@@ -188,12 +190,7 @@ fetch() {
 
   if [[ $base_git == no-git && $base_release == "$host_release" ]]; then
     say "fetch: git for $BASE_IMAGE (Debian $base_release, no git) into var/debs"
-    mkdir -p "$DEBS/partial"
-    in_base cat /var/lib/dpkg/status >"$DEBS/status"
-    # A fresh machine may have no (or stale) package lists: update them once if the first try fails.
-    download_git_debs || { apt-get -q update >>"$FETCH_LOG" 2>&1 && download_git_debs; } ||
-      die "apt-get could not download git for $BASE_IMAGE; see $FETCH_LOG"
-    rm -rf "$DEBS/partial" "$DEBS/status" "$DEBS"/lock*
+    fetch_debs "$DEBS" git git ca-certificates
   fi
   echo "$fetch_key" >"$STAMP"
 }

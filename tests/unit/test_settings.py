@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mao_celery.exceptions import InvalidInput
+from mao_celery.models import MAX_WAIT_S
 from mao_celery.settings import (
     DEFAULT_IMPORTDIR,
     ETCD_MAX_LEASE_TTL_S,
-    MAX_WAIT_S,
     load_settings,
 )
 
