@@ -49,130 +49,27 @@ it leaves ownership as it is (run tools as the worker's user then, `MAO_TOOL_USE
 from __future__ import annotations
 
 import os
-import selectors
-import shlex
 import shutil
-import signal
 import stat
-import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
+from mao_celery import gitcmd
+from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound
 from mao_celery.models import NAME_RE, validate_branch, validate_git_url, validate_name
-from mao_celery.text import redact_url, redact_urls
+from mao_celery.text import redact_url
 
 if TYPE_CHECKING:
-    from mao_celery.settings import Settings
+    pass
 
 STORE_DIR = ".git-store"
 SHORT_SHA_LEN = 12
-LOCAL_TIMEOUT_S = 60.0
+gitcmd.LOCAL_TIMEOUT_S = 60.0
 """Seconds a git command that reads only the store (and the work tree) may take."""
-
-_GIT_ENV = {
-    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",  # the schemes validate_git_url accepts
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_TERMINAL_PROMPT": "0",
-    "LC_ALL": "C",  # git's messages are matched below
-    "LANGUAGE": "C",
-}
-_SAFE_CONFIG = (
-    *("-c", "core.hooksPath=/dev/null"),
-    *("-c", "core.fsmonitor=false"),
-    *("-c", "submodule.recurse=false"),
-    *("-c", "credential.helper="),  # empties the list of helpers; `_credential_config` adds one
-)
-# Messages (under LC_ALL=C) of git refusing the URL rather than the remote failing to answer.
-_REFUSED_MARKERS = ("not allowed", "not supported", "unable to find remote helper")
-_MISSING_MARKERS = ("does not exist", "does not appear to be a git repository", "not found")
-# Messages of failures that may heal by themselves (a remote restarting): worth another try.
-# curl says "Couldn't connect to server" for a refused connection.
-_HEALING_MARKERS = (
-    "connection refused",
-    "connection reset",
-    "connection was reset",
-    "couldn't connect to server",
-)
-RETRY_WAITS_S = (2.0, 10.0, 30.0)
-"""Seconds between tries of a remote git command that failed in a way that can heal; their
-number is the number of retries (at most 4 tries in all, and within `GitLimits.total_s`)."""
-
-
-SILENCE_MARGIN_S = 5.0
-"""Seconds a silent git gets beyond `GitLimits.low_speed_time_s` before it is killed, so that
-git's own stall check (http(s), ssh) speaks first and says why."""
-
-
-@dataclass(frozen=True)
-class GitLimits:
-    """How long git may talk to a remote before it is given up.
-
-    Attributes:
-        timeout_s: seconds after which one clone or fetch is killed (default 300).
-        low_speed_limit_bps: http(s): bytes per second below which a transfer counts as stalled
-            (git's `http.lowSpeedLimit`, default 1000).
-        low_speed_time_s: seconds of stall after which git gives up (default 30): git's
-            `http.lowSpeedTime` for http(s); for every transport (`git://` included) git is
-            killed after this plus `SILENCE_MARGIN_S` seconds without any output. A host that
-            accepts and never answers fails then.
-        connect_timeout_s: ssh: seconds to connect and finish the handshake (ssh's
-            `ConnectTimeout`, default 30).
-        total_s: seconds all tries of one clone or fetch may take together, waits included
-            (default 300).
-    """
-
-    timeout_s: float = 300.0
-    low_speed_limit_bps: int = 1000
-    low_speed_time_s: int = 30
-    connect_timeout_s: int = 30
-    total_s: float = 300.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> GitLimits:
-        """The limits of `settings` (`git_timeout_s`, `git_low_speed_*`); the total of the tries
-        is the clone timeout too."""
-        return cls(
-            timeout_s=settings.git_timeout_s,
-            low_speed_limit_bps=settings.git_low_speed_limit_bps,
-            low_speed_time_s=settings.git_low_speed_time_s,
-            connect_timeout_s=min(30, settings.git_low_speed_time_s),
-            total_s=settings.git_timeout_s,
-        )
-
-    def config(self) -> list[str]:
-        """git options bounding the talk with a remote: http(s) low-speed limits, ssh connect
-        timeout (and keep-alives that notice a silent peer), ssh never prompting."""
-        ssh = (
-            f"ssh -o ConnectTimeout={self.connect_timeout_s} -o BatchMode=yes "
-            f"-o ServerAliveInterval={self.low_speed_time_s} -o ServerAliveCountMax=1"
-        )
-        return [
-            *("-c", f"http.lowSpeedLimit={self.low_speed_limit_bps}"),
-            *("-c", f"http.lowSpeedTime={self.low_speed_time_s}"),
-            *("-c", f"core.sshCommand={ssh}"),
-        ]
-
-
-class GitUnavailable(ServiceUnavailable):
-    """git could not read a remote (it did not answer, stalled, refused the connection, timed
-    out). `tries` holds one line per try, e.g. "try 1: fatal: ... Connection refused"."""
-
-    def __init__(self, endpoint: str, tries: Sequence[str]) -> None:
-        super().__init__("git", endpoint, _summary(tries))
-        self.tries = list(tries)
-
-
-def _summary(tries: Sequence[str]) -> str:
-    if len(tries) == 1:
-        return tries[0].removeprefix("try 1: ")
-    return f"{len(tries)} tries: " + "; ".join(tries)
 
 
 @dataclass(frozen=True)
@@ -211,13 +108,6 @@ class _Clone:
         return os.path.lexists(self.work_tree / ".git") and not self.git_dir.is_dir()
 
 
-@dataclass(frozen=True)
-class _Result:
-    status: int
-    stdout: str
-    stderr: str
-
-
 def local_path(importdir: Path, name: str) -> Path:
     """The data directory of dataset or tool `name`: `importdir/<name>`.
 
@@ -240,7 +130,7 @@ def clone(
     *,
     credentials: Path | None = None,
     branch: str | None = None,
-    limits: GitLimits = GitLimits(),
+    limits: gitcmd.GitLimits = gitcmd.DEFAULT_LIMITS,
     tries: list[str] | None = None,
 ) -> Path:
     """Clone `url` into the work tree `dest` and its store entry, atomically; return `dest`.
@@ -258,7 +148,7 @@ def clone(
             the remote's HEAD is dangling and it has several branches (named in the message).
         AlreadyExists: `dest` exists (update it with `update`, i.e. `--update`).
         NotFound: there is no repository at the URL, or no such branch.
-        GitUnavailable: git could not read the remote, or timed out (a ServiceUnavailable).
+        gitcmd.GitUnavailable: git could not read the remote, or timed out (a ServiceUnavailable).
     """
     _valid(validate_git_url, url)
     if branch is not None:
@@ -289,7 +179,7 @@ def update(
     *,
     url: str | None = None,
     credentials: Path | None = None,
-    limits: GitLimits = GitLimits(),
+    limits: gitcmd.GitLimits = gitcmd.DEFAULT_LIMITS,
     tries: list[str] | None = None,
 ) -> str:
     """Fast-forward the clone at `dest` to its upstream branch; return the new HEAD sha (40 hex).
@@ -308,7 +198,7 @@ def update(
             directory and no `url` is given.
         InvalidInput: not a fast-forward (local commits diverged from the remote), no upstream
             branch, local changes in the way, or git refuses the clone's remote URL.
-        GitUnavailable: the remote could not be read, or timed out.
+        gitcmd.GitUnavailable: the remote could not be read, or timed out.
     """
     timeout_s = limits.timeout_s
     target = _open(dest, url, credentials, limits)
@@ -317,12 +207,12 @@ def update(
         raise NotFound(f"{dest} is not a git clone with an 'origin' remote: clone it first")
     _check_origin(dest, remote, url)
     fetch = [*target.args(), "fetch", "--progress", "--no-recurse-submodules"]
-    _remote(fetch, endpoint=remote, credentials=credentials, limits=limits, tries=tries)
+    gitcmd.remote(fetch, endpoint=remote, credentials=credentials, limits=limits, tries=tries)
     _fix_dangling_head(target, remote, timeout_s)
-    merged = _run([*target.args(), "merge", "--ff-only", "--quiet"], timeout_s=timeout_s)
+    merged = gitcmd.run([*target.args(), "merge", "--ff-only", "--quiet"], timeout_s=timeout_s)
     if merged.status != 0:
         raise InvalidInput(
-            f"cannot fast-forward {dest}: {_git_message(merged.stderr)}; "
+            f"cannot fast-forward {dest}: {gitcmd.git_message(merged.stderr)}; "
             "reconcile local commits or changes by hand, or clone afresh"
         )
     head = _head(target)
@@ -337,7 +227,7 @@ def ensure_clone(
     *,
     credentials: Path | None = None,
     branch: str | None = None,
-    limits: GitLimits = GitLimits(),
+    limits: gitcmd.GitLimits = gitcmd.DEFAULT_LIMITS,
     tries: list[str] | None = None,
 ) -> bool:
     """Clone `url` into `dest` unless `dest` is already a directory; True when it cloned.
@@ -419,7 +309,7 @@ def _drop_setid_bits(name: str, dir_fd: int) -> None:
 
 
 def _open(
-    dest: Path, url: str | None, credentials: Path | None, limits: GitLimits
+    dest: Path, url: str | None, credentials: Path | None, limits: gitcmd.GitLimits
 ) -> _Clone | None:
     """The clone at `dest` (migrated from `url` if it has the old layout), or None.
 
@@ -440,7 +330,7 @@ def _open(
     return target if target.git_dir.is_dir() else None
 
 
-def _migrate(target: _Clone, url: str, credentials: Path | None, limits: GitLimits) -> None:
+def _migrate(target: _Clone, url: str, credentials: Path | None, limits: gitcmd.GitLimits) -> None:
     """Give the old-layout work tree a store entry cloned from `url`, then remove its `.git`.
 
     Raises:
@@ -466,11 +356,10 @@ def _adopt(adopted: _Clone, args: list[str], *, timeout_s: float, stdin: str = "
     Raises:
         InvalidInput: it failed (git's message).
     """
-    done = _run([*adopted.args(), *args], stdin=stdin, timeout_s=timeout_s)
+    done = gitcmd.run([*adopted.args(), *args], stdin=stdin, timeout_s=timeout_s)
     if done.status != 0:
-        raise InvalidInput(
-            f"cannot move the git metadata of {adopted.work_tree} out: {_git_message(done.stderr)}"
-        )
+        reason = gitcmd.git_message(done.stderr)
+        raise InvalidInput(f"cannot move the git metadata of {adopted.work_tree} out: {reason}")
     return done.stdout
 
 
@@ -497,7 +386,7 @@ def _clone_into(
     stage: Path,
     url: str,
     credentials: Path | None,
-    limits: GitLimits,
+    limits: gitcmd.GitLimits,
     *,
     checkout: bool,
     branch: str | None = None,
@@ -508,7 +397,7 @@ def _clone_into(
     before the next one.
 
     Raises:
-        InvalidInput, NotFound, GitUnavailable: as `_remote`.
+        InvalidInput, NotFound, gitcmd.GitUnavailable: as `_remote`.
     """
     staged = _Clone(stage / "work", stage / "git")
     options = ["--progress", "--no-recurse-submodules", f"--separate-git-dir={staged.git_dir}"]
@@ -522,7 +411,7 @@ def _clone_into(
         shutil.rmtree(staged.work_tree, ignore_errors=True)
         shutil.rmtree(staged.git_dir, ignore_errors=True)
 
-    _remote(
+    gitcmd.remote(
         args, endpoint=url, credentials=credentials, limits=limits, tries=tries, before_try=clean
     )
     (staged.work_tree / ".git").unlink()  # the gitlink file git leaves
@@ -531,7 +420,7 @@ def _clone_into(
 
 def _remote_branches(target: _Clone) -> list[str]:
     """The branches of `origin` the clone knows (`refs/remotes/origin/*` but HEAD), sorted."""
-    found = _run(
+    found = gitcmd.run(
         [*target.args(), "for-each-ref", "--format=%(refname:lstrip=3)", "refs/remotes/origin/"]
     )
     return sorted(name for name in found.stdout.split() if name != "HEAD")
@@ -560,14 +449,14 @@ def _fix_dangling_head(target: _Clone, url: str, timeout_s: float) -> None:
             f"({listed}): register it with --branch NAME"
         )
     (only,) = branches
-    done = _run(
+    done = gitcmd.run(
         [*target.args(), "checkout", "--quiet", "-B", only, "--track", f"origin/{only}"],
         timeout_s=timeout_s,
     )
     if done.status != 0:
         raise InvalidInput(
             f"cannot check out branch {only} of {shown} (its HEAD names no existing branch): "
-            f"{_git_message(done.stderr)}"
+            f"{gitcmd.git_message(done.stderr)}"
         )
 
 
@@ -604,7 +493,8 @@ def _remove(path: Path) -> None:
 def _describe(path: Path) -> LocalDataset:
     target = _Clone.of(path)
     if not (
-        target.git_dir.is_dir() and _run([*target.args(), "rev-parse", "--git-dir"]).status == 0
+        target.git_dir.is_dir()
+        and gitcmd.run([*target.args(), "rev-parse", "--git-dir"]).status == 0
     ):
         return LocalDataset(name=path.name, path=path, is_git=False, head=None, remote=None)
     head = _head(target)
@@ -619,153 +509,14 @@ def _describe(path: Path) -> LocalDataset:
 
 def _head(target: _Clone) -> str | None:
     """The sha (40 hex) of the clone's HEAD commit, or None (no commit yet)."""
-    found = _run([*target.args(), "rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+    found = gitcmd.run([*target.args(), "rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
     return found.stdout.strip() if found.status == 0 else None
 
 
 def _origin(target: _Clone) -> str | None:
     """The URL of the clone's `origin` remote, from the store's config, or None."""
-    found = _run([*target.args(), "config", "--get", "remote.origin.url"])
+    found = gitcmd.run([*target.args(), "config", "--get", "remote.origin.url"])
     return found.stdout.strip() if found.status == 0 else None
-
-
-# ---- running git ------------------------------------------------------------------------------
-
-
-def _run(
-    args: Sequence[str],
-    *,
-    credentials: Path | None = None,
-    stdin: str = "",
-    timeout_s: float = LOCAL_TIMEOUT_S,
-    silence_s: float | None = None,
-) -> _Result:
-    """Run one hardened git command in `/` with `stdin`; return its exit status, stdout, stderr.
-
-    After `timeout_s` seconds, or after `silence_s` seconds without a byte of output (a remote
-    that accepts and never answers: run with `--progress`, a live transfer keeps speaking; this
-    also covers `git://`, which has no low-speed limit of its own), git and its children
-    (transport helpers, ssh) are killed; the result then has status -9 and a `fatal:` message.
-    """
-    argv = ["git", *_SAFE_CONFIG, *_credential_config(credentials), *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | _GIT_ENV
-    with subprocess.Popen(
-        argv,
-        cwd="/",
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, killed as a whole
-    ) as process:
-        output, why = _communicate(process, stdin.encode(), timeout_s, silence_s)
-        if why is not None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return _Result(-9, "", f"fatal: {why}")
-    stdout, stderr = (b"".join(chunks).decode(errors="replace") for chunks in output)
-    return _Result(process.returncode, stdout, stderr)
-
-
-def _communicate(
-    process: subprocess.Popen[bytes], stdin: bytes, timeout_s: float, silence_s: float | None
-) -> tuple[tuple[list[bytes], list[bytes]], str | None]:
-    """Feed `stdin`, read stdout and stderr to their end; return them (as chunks) and None, or
-    what went wrong when `timeout_s` passed or the output was silent for `silence_s` seconds."""
-    # All three are pipes (see _run).
-    pipe_in, pipe_out, pipe_err = (
-        cast("IO[bytes]", pipe) for pipe in (process.stdin, process.stdout, process.stderr)
-    )
-    pipe_in.write(stdin)
-    pipe_in.close()
-    output: tuple[list[bytes], list[bytes]] = ([], [])
-    streams = {pipe_out.fileno(): output[0], pipe_err.fileno(): output[1]}
-    deadline = time.monotonic() + timeout_s
-    heard = time.monotonic()
-    with selectors.DefaultSelector() as selector:
-        for fd in streams:
-            selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
-            now = time.monotonic()
-            if now >= deadline:
-                return output, f"git did not complete within {timeout_s:g} s"
-            if silence_s is not None and now - heard >= silence_s:
-                return output, f"git was silent for {silence_s:g} s (the remote does not answer)"
-            wait_s = deadline - now
-            if silence_s is not None:
-                wait_s = min(wait_s, heard + silence_s - now)
-            for key, _ in selector.select(wait_s):
-                data = os.read(key.fd, 65536)
-                if data:
-                    streams[key.fd].append(data)
-                    heard = time.monotonic()
-                else:
-                    selector.unregister(key.fd)
-    process.wait()
-    return output, None
-
-
-def _credential_config(credentials: Path | None) -> list[str]:
-    """git options making `credentials` (a git-credential-store file) the only helper."""
-    if credentials is None:
-        return []
-    helper = f"store --file={shlex.quote(str(credentials.absolute()))}"
-    return ["-c", f"credential.helper={helper}"]
-
-
-def _remote(
-    args: Sequence[str],
-    *,
-    endpoint: str,
-    credentials: Path | None,
-    limits: GitLimits,
-    tries: list[str] | None = None,
-    before_try: Callable[[], None] = lambda: None,
-) -> str:
-    """Run one hardened git command that talks to `endpoint` within `limits`; return its stdout.
-
-    A failure that can heal (connection refused or reset) is tried again after
-    `RETRY_WAITS_S`, as long as all tries fit in `limits.total_s` seconds; any other failure
-    (a stall, the timeout, no such repository) ends at once. Each failed try is appended to
-    `tries` ("try N: git's message"); `before_try` runs before each try. Errors show `endpoint`
-    through `text.redact_url`.
-
-    Raises:
-        InvalidInput: git refused the URL (e.g. a transport that is not allowed).
-        NotFound: there is no repository at the URL (not worth a retry).
-        GitUnavailable: any other failure (or the timeout), naming each try.
-    """
-    shown = redact_url(endpoint)
-    deadline = time.monotonic() + limits.total_s
-    failed: list[str] = []
-    for attempt in range(len(RETRY_WAITS_S) + 1):
-        before_try()
-        left_s = min(limits.timeout_s, deadline - time.monotonic())
-        done = _run(
-            [*limits.config(), *args],
-            credentials=credentials,
-            timeout_s=left_s,
-            silence_s=limits.low_speed_time_s + SILENCE_MARGIN_S,
-        )
-        if done.status == 0:
-            return done.stdout
-        detail = _git_message(done.stderr)
-        if any(marker in detail for marker in _REFUSED_MARKERS):
-            raise InvalidInput(f"git refused the URL {shown!r}: {detail}")
-        if any(marker in detail for marker in _MISSING_MARKERS):
-            raise NotFound(f"no git repository at {shown}: {detail}")
-        line = f"try {attempt + 1}: {redact_urls(detail)}"
-        failed.append(line)
-        if tries is not None:
-            tries.append(line)
-        heals = any(marker in detail.lower() for marker in _HEALING_MARKERS)
-        if attempt == len(RETRY_WAITS_S) or not heals:
-            break
-        wait_s = RETRY_WAITS_S[attempt]
-        if time.monotonic() + wait_s >= deadline - 1.0:
-            break
-        time.sleep(wait_s)
-    raise GitUnavailable(shown, failed)
 
 
 def _valid(validate: Callable[[str], str], value: str) -> str:
@@ -783,18 +534,3 @@ def _check_origin(dest: Path, remote: str | None, url: str | None) -> None:
             f"{dest} is a clone of {redact_url(remote)}, not of {redact_url(url)}: "
             "move it away to clone afresh"
         )
-
-
-def _git_message(stderr: str) -> str:
-    """git's first `fatal:` line (its reason), else its last line. When a transport said why
-    before git's own "Could not read from remote repository" (ssh: "Connection timed out during
-    banner exchange", ...), that line comes first: "<why>; fatal: ..."."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    fatal = [i for i, line in enumerate(lines) if line.startswith("fatal:")]
-    if not fatal:
-        return (lines or ["no message from git"])[-1]
-    first = fatal[0]
-    before = [line for line in lines[:first] if not line.startswith(("hint:", "warning:"))]
-    if "could not read from remote repository" in lines[first].lower() and before:
-        return f"{before[-1]}; {lines[first]}"
-    return lines[first]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mao_celery import containers, datasets, spike
+from mao_celery import containers, datasets, gitcmd, spike
 from mao_celery.enqueue import RUN_CONTAINER
 from mao_celery.exceptions import InvalidInput, NotFound
 from mao_celery.models import TERMINAL_STATUSES, Notification, RunReport, RunStatus, utcnow
@@ -25,7 +25,7 @@ ADOPTION_WAIT_S = 60.0
 def prepare(ctx: Node, report: RunReport) -> RunReport:
     """Read the tool from the registry, clone its data repository on first use and hand the data
     directory to the tool's user. The report records the commit the tool runs on and each
-    failed try of git; git's own retries are bounded (`datasets.GitLimits`), so a data
+    failed try of git; git's own retries are bounded (`gitcmd.GitLimits`), so a data
     repository host that cannot be read fails the run at once instead of the step's retries.
 
     The run's limits (timeout, memory, CPUs) are the tool's, else the node's defaults; a tool
@@ -44,10 +44,10 @@ def prepare(ctx: Node, report: RunReport) -> RunReport:
             data_dir,
             credentials=conf.git_credentials_file,
             branch=tool.branch,
-            limits=datasets.GitLimits.from_settings(conf),
+            limits=gitcmd.GitLimits.from_settings(conf),
             tries=tries,
         )
-    except datasets.GitUnavailable as e:
+    except gitcmd.GitUnavailable as e:
         return report.updated(git_tries=tries).failed(str(e))
     datasets.hand_over(data_dir, *conf.tool_uid_gid)
     return report.updated(

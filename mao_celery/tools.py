@@ -152,12 +152,12 @@ def clone_dataset(
         AlreadyExists: a clone exists (without `update`).
         ServiceUnavailable: etcd or the git remote did not answer.
     """
-    from mao_celery import datasets
+    from mao_celery import datasets, gitcmd
 
     conf = node.settings
     dest = datasets.local_path(conf.importdir, name)
     item = node.registry.datasets.get(name)
-    credentials, limits = conf.git_credentials_file, datasets.GitLimits.from_settings(conf)
+    credentials, limits = conf.git_credentials_file, gitcmd.GitLimits.from_settings(conf)
     if update:
         return dest, datasets.update(dest, url=item.url, credentials=credentials, limits=limits)
     before_clone(item.url, dest)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mao_celery import datasets
+from mao_celery import datasets, gitcmd
 from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
 
 pytestmark = pytest.mark.integration
@@ -183,7 +183,7 @@ def test_clone_that_times_out_is_killed_and_leaves_nothing(importdir: Path) -> N
             datasets.clone(
                 f"git://127.0.0.1:{port}/data.git",
                 importdir / "slow",
-                limits=datasets.GitLimits(timeout_s=1, total_s=1),
+                limits=gitcmd.GitLimits(timeout_s=1, total_s=1),
             )
 
     assert listing(importdir) == []
@@ -422,11 +422,11 @@ def test_list_local_of_missing_importdir_is_empty(tmp_path: Path) -> None:
 def test_a_silent_http_host_fails_the_clone_on_the_stall_limit_without_a_retry(
     importdir: Path, silent_host: int
 ) -> None:
-    limits = datasets.GitLimits(timeout_s=120, low_speed_time_s=2, total_s=120)
+    limits = gitcmd.GitLimits(timeout_s=120, low_speed_time_s=2, total_s=120)
     tries: list[str] = []
     started = time.monotonic()
 
-    with pytest.raises(datasets.GitUnavailable) as failed:
+    with pytest.raises(gitcmd.GitUnavailable) as failed:
         datasets.clone(
             f"http://127.0.0.1:{silent_host}/data.git",
             importdir / "stalled",
@@ -445,10 +445,10 @@ def test_a_silent_http_host_fails_the_clone_on_the_stall_limit_without_a_retry(
 def test_a_silent_git_protocol_host_is_killed_after_its_silence(
     importdir: Path, silent_host: int
 ) -> None:
-    limits = datasets.GitLimits(timeout_s=120, low_speed_time_s=1, total_s=120)
+    limits = gitcmd.GitLimits(timeout_s=120, low_speed_time_s=1, total_s=120)
     started = time.monotonic()
 
-    with pytest.raises(datasets.GitUnavailable, match="silent for 6 s") as failed:
+    with pytest.raises(gitcmd.GitUnavailable, match="silent for 6 s") as failed:
         datasets.clone(
             f"git://127.0.0.1:{silent_host}/data.git", importdir / "stalled", limits=limits
         )
@@ -470,11 +470,11 @@ def test_a_refused_connection_is_tried_again_within_the_total_and_each_try_named
     tries: list[str] = []
     started = time.monotonic()
 
-    with pytest.raises(datasets.GitUnavailable, match=r"2 tries: try 1: .*; try 2: ") as failed:
+    with pytest.raises(gitcmd.GitUnavailable, match=r"2 tries: try 1: .*; try 2: ") as failed:
         datasets.clone(
             f"http://127.0.0.1:{port}/data.git",
             importdir / "refused",
-            limits=datasets.GitLimits(total_s=5),
+            limits=gitcmd.GitLimits(total_s=5),
             tries=tries,
         )
 
@@ -486,10 +486,10 @@ def test_a_refused_connection_is_tried_again_within_the_total_and_each_try_named
 
 
 def test_a_silent_ssh_host_fails_on_the_connect_timeout(importdir: Path, silent_host: int) -> None:
-    limits = datasets.GitLimits(timeout_s=120, connect_timeout_s=2, total_s=120)
+    limits = gitcmd.GitLimits(timeout_s=120, connect_timeout_s=2, total_s=120)
     started = time.monotonic()
 
-    with pytest.raises(datasets.GitUnavailable, match=r"timed out|Connection"):
+    with pytest.raises(gitcmd.GitUnavailable, match=r"timed out|Connection"):
         datasets.clone(
             f"ssh://git@127.0.0.1:{silent_host}/data.git", importdir / "stalled", limits=limits
         )
