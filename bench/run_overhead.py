@@ -98,6 +98,7 @@ def main() -> None:
             "MAO_ETCD_PREFIX": f"/mao-bench-{uuid.uuid4().hex[:8]}/",
             "MAO_IMPORTDIR": str(root / "importdir"),
             "MAO_TOOL_NETWORK": "none",
+            "MAO_CONTAINER_SLOTS": "0",  # no container worker: this worker takes the containers
         }
         maoctl = [sys.executable, str(REPO_ROOT / "cli.py")]
         celery = [sys.executable, "-m", "celery", "-A", "mao_celery.celery_app", "worker"]
@@ -124,7 +125,8 @@ def main() -> None:
                 ],
                 env,
             )
-            timed([*maoctl, "tool", "run", "bench"], env)  # warm-up: clone, worker ready
+            warm_up = [*maoctl, "tool", "run", "--wait-for-worker", "bench"]
+            timed(warm_up, env)  # clone, worker ready
             data_dir = root / "importdir" / "bench"
             bare = ["docker", "run", "--rm", "--network", "none"]
             bare += ["-v", f"{data_dir}:/usr/src/app/data", IMAGE]

@@ -30,6 +30,9 @@ cannot be read (not JSON, a field out of range, a key of the wrong Redis type) i
 with its key, and taken out of RedBeat's schedule index (RedBeat's own handling of a missing
 entry), so beat goes on firing the others and never warns about it again; the key stays for
 `maoctl schedule list` to show and `maoctl schedule remove` to delete.
+
+A paused entry is parked in RedBeat's index (score `schedules.PARKED`, below the range a tick
+reads), so a tick reads only the entries due and the next one, however many are paused.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from redbeat import RedBeatScheduler as _RedBeatScheduler
 from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis
 
 from mao_celery.exceptions import InvalidState
-from mao_celery.schedules import ScheduleEntry
+from mao_celery.schedules import PARK_IF_PAUSED, UNREADABLE, ScheduleEntry
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,10 @@ RETRY_S = 2.0
 
 
 class BeatEntry(ScheduleEntry):
-    """The entry beat reads: one that cannot be read is logged and reported missing."""
+    """The entry beat reads: one that cannot be read is logged and reported missing. Its
+    schedule is checked when beat asks it (`RedBeatScheduler.maybe_due`), not on reading."""
+
+    check_on_read = False
 
     @classmethod
     def from_key(cls, key: str, app: Any = None) -> ScheduleEntry:
@@ -64,13 +70,17 @@ class BeatEntry(ScheduleEntry):
         try:
             return super().from_key(key, app=app)
         except InvalidState as e:
-            log.warning(
-                "beat: skipped the invalid schedule entry %s (%s); `maoctl schedule remove` "
-                "deletes it",
-                key,
-                e.reason,
-            )
+            _log_skipped(key, e.reason)
             raise KeyError(key) from e
+
+
+def _log_skipped(key: str, reason: str) -> None:
+    """Log, once, that beat skips the invalid entry at `key` (and takes it out of its index)."""
+    log.warning(
+        "beat: skipped the invalid schedule entry %s (%s); `maoctl schedule remove` deletes it",
+        key,
+        reason,
+    )
 
 
 class RedBeatScheduler(_RedBeatScheduler):  # type: ignore[misc]
@@ -94,6 +104,27 @@ class RedBeatScheduler(_RedBeatScheduler):  # type: ignore[misc]
         except redis.RedisError as e:
             log.warning("beat: Redis unavailable (%s); retrying in %g s", e, RETRY_S)
             return RETRY_S
+
+    def maybe_due(self, entry: ScheduleEntry, **kwargs: Any) -> float | None:
+        """RedBeat's: fire `entry` if due, return the seconds until it is next due. A paused
+        entry (one paused by an older version, which left it due) is parked in the index
+        (`schedules.PARKED`) instead of being read again on every tick; an entry whose schedule
+        cannot answer is logged and taken out of the index, as an unreadable one.
+
+        Raises:
+            redis.RedisError: Redis did not answer.
+        """
+        client, index = get_redis(self.app), self.app.redbeat_conf.schedule_key
+        if not entry.enabled:
+            client.register_script(PARK_IF_PAUSED)(keys=[entry.key, index])
+            return None
+        try:
+            due_in: float | None = super().maybe_due(entry, **kwargs)
+        except UNREADABLE as e:
+            _log_skipped(entry.key, f"{type(e).__name__}: {e}")
+            client.zrem(index, entry.key)
+            return None
+        return due_in
 
     def _take_lock(self) -> bool:
         """Take RedBeat's lock without waiting; False when another beat holds it."""

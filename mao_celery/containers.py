@@ -163,6 +163,8 @@ class ContainerOutcome:
         container_name: `mao-run-<run_id>`.
         failure: why the run fails, judged from Docker's state of the ended container (see
             `judge`); None when the tool exited 0.
+        image_id: the id of the image the container ran (`sha256:...`, the digest of its
+            configuration), whatever tag named it.
     """
 
     exit_code: int | None
@@ -171,6 +173,7 @@ class ContainerOutcome:
     adopted: bool
     container_name: str
     failure: str | None = None
+    image_id: str | None = field(default=None, compare=False)  # provenance, not how it ended
 
 
 def judge(
@@ -311,15 +314,17 @@ def run_container(
             raise ContainerGone(spec.run_id) from e
 
 
-def connect(timeout_s: float = 60.0) -> docker.DockerClient:
+def connect(timeout_s: float = 60.0, max_pool_size: int = 10) -> docker.DockerClient:
     """A client of the Docker daemon named by the environment (DOCKER_HOST, or the default
-    socket); calls time out after `timeout_s` seconds.
+    socket); calls time out after `timeout_s` seconds; it keeps up to `max_pool_size` HTTP
+    connections for reuse (the calls under way at once: a run's container step holds two, its
+    wait and its log stream; beyond that, connections are made and dropped per call).
 
     Raises:
         ServiceUnavailable: no daemon configuration could be found.
     """
     try:
-        return docker.from_env(timeout=int(timeout_s))
+        return docker.from_env(timeout=int(timeout_s), max_pool_size=max_pool_size)
     except docker.errors.DockerException as e:
         raise ServiceUnavailable("Docker", "the local daemon", str(e).splitlines()[0]) from e
 
@@ -597,6 +602,7 @@ def _finish(
         failure=judge(
             state, timed_out=timed_out, timeout_s=spec.timeout_s, memory_bytes=spec.memory_bytes
         ),
+        image_id=container.attrs.get("Image"),
     )
 
 

@@ -20,8 +20,10 @@ The JSON form RedBeat stores is `as_json()` (read back with `CronSchedule.from_j
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -46,6 +48,9 @@ MACROS = {
 MAX_SHIFT = timedelta(hours=3)
 """More than any daylight-saving shift: how far fire times in wall time and in UTC can differ in
 order."""
+STEADY_SPAN = timedelta(days=7)
+"""Shorter than the time between two changes of a zone's UTC offset (daylight saving: months
+apart): a span this short with the same offset at both ends has no change inside."""
 CATCH_UP_LIMIT = timedelta(days=400)
 """An overdue schedule fires once (the catch-up) however long ago its last fire was; fire times
 are searched from at most this far back (more than a year: a yearly schedule is caught up)."""
@@ -63,9 +68,10 @@ def zone(name: str) -> ZoneInfo:
         raise InvalidInput(f"time zone {name!r} is unknown: use an Area/City name") from e
 
 
+@lru_cache(maxsize=4096)
 def parse_cron(expr: str) -> str:
     """The cron expression `expr` with its blanks normalised, once croniter accepts it and it
-    fires at all.
+    fires at all (remembered: every entry beat or a listing reads is checked on decoding).
 
     Raises:
         InvalidInput: not 5 fields or a macro, a field croniter rejects (named), or days that
@@ -88,6 +94,7 @@ def parse_cron(expr: str) -> str:
     return normal
 
 
+@lru_cache(maxsize=4096)
 def describe(expr: str) -> str:
     """`expr` (valid, see `parse_cron`) in words, by cron-descriptor: "At 06:00, only on
     Monday"."""
@@ -96,6 +103,20 @@ def describe(expr: str) -> str:
     options = Options()
     options.use_24hour_time_format = True
     return str(ExpressionDescriptor(MACROS.get(expr, expr), options).get_description())
+
+
+@lru_cache(maxsize=4096)
+def _parsed(expr: str) -> croniter:
+    """A croniter of `expr` (valid): what it parsed, to be copied (`_cron`)."""
+    return croniter(expr, datetime(2000, 1, 1))
+
+
+def _cron(expr: str, start: datetime) -> croniter:
+    """A croniter of `expr` (valid) from `start` (naive wall time): a copy of the one that
+    parsed `expr` (parsing is most of the cost of a croniter), set to `start`."""
+    candidates = copy.copy(_parsed(expr))
+    candidates.set_current(start, force=True)
+    return candidates
 
 
 def _check(what: str, expr: str) -> None:
@@ -133,7 +154,10 @@ class CronSchedule(BaseSchedule):  # type: ignore[misc]
     def next_fire(self, after: datetime) -> datetime:
         """The first fire time strictly after `after` (aware), in UTC."""
         wall_after = self._wall(after)
-        candidates = croniter(self.expr, wall_after - MAX_SHIFT)
+        steady = self._steady_next(after, wall_after)
+        if steady is not None:
+            return steady
+        candidates = _cron(self.expr, wall_after - MAX_SHIFT)
         best: datetime | None = None
         while True:
             wall: datetime = candidates.get_next(datetime)
@@ -142,6 +166,21 @@ class CronSchedule(BaseSchedule):  # type: ignore[misc]
             for instant in self._instants(wall):
                 if instant > after and (best is None or instant < best):
                     best = instant
+
+    def _steady_next(self, after: datetime, wall_after: datetime) -> datetime | None:
+        """`next_fire(after)` when the zone's UTC offset stays the same from `MAX_SHIFT` before
+        `after` to `MAX_SHIFT` after the next wall time (`STEADY_SPAN` at most): then wall and
+        UTC times map one to one, in order, and the next wall time is the answer (one croniter
+        step, where a daylight-saving change needs the search of `next_fire`). None otherwise.
+        """
+        wall: datetime = _cron(self.expr, wall_after).get_next(datetime)
+        instant = wall.replace(tzinfo=self.zone).astimezone(UTC)
+        start, end = after - MAX_SHIFT, instant + MAX_SHIFT
+        if end - start > STEADY_SPAN:
+            return None
+        if start.astimezone(self.zone).utcoffset() != end.astimezone(self.zone).utcoffset():
+            return None
+        return instant
 
     def fire_since(self, last_run_at: datetime, now: datetime) -> datetime:
         """The first fire time after `last_run_at` (naive: UTC), searched from at most

@@ -56,20 +56,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mao_celery import gitcmd
 from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound
-from mao_celery.models import NAME_RE, validate_branch, validate_git_url, validate_name
+from mao_celery.models import (
+    NAME_RE,
+    same_remote,
+    validate_branch,
+    validate_git_url,
+    validate_name,
+)
 from mao_celery.text import redact_url
-
-if TYPE_CHECKING:
-    pass
 
 STORE_DIR = ".git-store"
 SHORT_SHA_LEN = 12
-gitcmd.LOCAL_TIMEOUT_S = 60.0
-"""Seconds a git command that reads only the store (and the work tree) may take."""
 
 
 @dataclass(frozen=True)
@@ -89,19 +89,30 @@ class LocalDataset:
 
 
 @dataclass(frozen=True)
-class _Clone:
-    """A work tree (tool-writable) and its git dir (in the store); both absolute paths."""
+class Clone:
+    """A work tree (tool-writable) and its git dir (in the store); both absolute paths. Every
+    git command on it names both (`args`)."""
 
     work_tree: Path
     git_dir: Path
 
     @classmethod
-    def of(cls, dest: Path) -> _Clone:
+    def of(cls, dest: Path) -> Clone:
         return cls(dest.absolute(), store_path(dest))
 
     def args(self) -> list[str]:
         """git's options naming this clone; no discovery, no `.git` of the work tree read."""
         return [f"--git-dir={self.git_dir}", f"--work-tree={self.work_tree}"]
+
+    def head(self) -> str | None:
+        """The sha (40 hex) of the clone's HEAD commit, or None (no commit yet)."""
+        found = gitcmd.run([*self.args(), "rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+        return found.stdout.strip() if found.status == 0 else None
+
+    def origin(self) -> str | None:
+        """The URL of the clone's `origin` remote, from the store's config, or None."""
+        found = gitcmd.run([*self.args(), "config", "--get", "remote.origin.url"])
+        return found.stdout.strip() if found.status == 0 else None
 
     def is_old_layout(self) -> bool:
         """A `.git` in the work tree and no store entry: cloned before the store existed."""
@@ -114,7 +125,7 @@ def local_path(importdir: Path, name: str) -> Path:
     Raises:
         InvalidInput: `name` is not a valid name (design.md §3), e.g. `../x`.
     """
-    return importdir / _valid(validate_name, name)
+    return importdir / valid(validate_name, name)
 
 
 def store_path(dest: Path) -> Path:
@@ -150,11 +161,11 @@ def clone(
         NotFound: there is no repository at the URL, or no such branch.
         gitcmd.GitUnavailable: git could not read the remote, or timed out (a ServiceUnavailable).
     """
-    _valid(validate_git_url, url)
+    valid(validate_git_url, url)
     if branch is not None:
-        _valid(validate_branch, branch)
-    _valid(validate_name, dest.name)
-    target = _Clone.of(dest)
+        valid(validate_branch, branch)
+    valid(validate_name, dest.name)
+    target = Clone.of(dest)
     if os.path.lexists(dest):
         if dest.is_dir() and (target.git_dir.is_dir() or target.is_old_layout()):
             raise AlreadyExists(f"{dest} already exists: use --update to fast-forward it")
@@ -201,11 +212,7 @@ def update(
         gitcmd.GitUnavailable: the remote could not be read, or timed out.
     """
     timeout_s = limits.timeout_s
-    target = _open(dest, url, credentials, limits)
-    remote = _origin(target) if target is not None else None
-    if target is None or remote is None:
-        raise NotFound(f"{dest} is not a git clone with an 'origin' remote: clone it first")
-    _check_origin(dest, remote, url)
+    target, remote = open_clone(dest, url=url, credentials=credentials, limits=limits)
     fetch = [*target.args(), "fetch", "--progress", "--no-recurse-submodules"]
     gitcmd.remote(fetch, endpoint=remote, credentials=credentials, limits=limits, tries=tries)
     _fix_dangling_head(target, remote, timeout_s)
@@ -215,10 +222,35 @@ def update(
             f"cannot fast-forward {dest}: {gitcmd.git_message(merged.stderr)}; "
             "reconcile local commits or changes by hand, or clone afresh"
         )
-    head = _head(target)
+    head = target.head()
     if head is None:
         raise NotFound(f"{dest} has no commit after its update")
     return head
+
+
+def open_clone(
+    dest: Path,
+    *,
+    url: str | None,
+    credentials: Path | None = None,
+    limits: gitcmd.GitLimits = gitcmd.DEFAULT_LIMITS,
+) -> tuple[Clone, str]:
+    """The clone at `dest` and the URL of its `origin`; an old-layout directory is migrated
+    from `url` first (see the module's docstring).
+
+    Raises:
+        NotFound: `dest` is not a git clone with an `origin` remote, or is an old-layout
+            directory and no `url` is given.
+        InvalidInput: `url` is given and is not the clone's `origin` (compared by
+            `models.same_remote`); or as `_migrate`.
+        gitcmd.GitUnavailable: a migration could not read the remote.
+    """
+    target = _open(dest, url, credentials, limits)
+    remote = target.origin() if target is not None else None
+    if target is None or remote is None:
+        raise NotFound(f"{dest} is not a git clone with an 'origin' remote: clone it first")
+    _check_origin(dest, remote, url)
+    return target, remote
 
 
 def ensure_clone(
@@ -247,7 +279,7 @@ def ensure_clone(
         return True
     target = _open(dest, url, credentials, limits)
     if target is not None:
-        _check_origin(dest, _origin(target), url)
+        _check_origin(dest, target.origin(), url)
     return False
 
 
@@ -270,8 +302,8 @@ def list_local(importdir: Path) -> list[LocalDataset]:
 def head_commit(dest: Path) -> str | None:
     """The sha (40 hex) of the commit checked out in the clone at `dest`, from its store; None
     when `dest` is not a clone in the store or has no commit."""
-    target = _Clone.of(dest)
-    return _head(target) if target.git_dir.is_dir() else None
+    target = Clone.of(dest)
+    return target.head() if target.git_dir.is_dir() else None
 
 
 def hand_over(path: Path, uid: int, gid: int) -> None:
@@ -310,7 +342,7 @@ def _drop_setid_bits(name: str, dir_fd: int) -> None:
 
 def _open(
     dest: Path, url: str | None, credentials: Path | None, limits: gitcmd.GitLimits
-) -> _Clone | None:
+) -> Clone | None:
     """The clone at `dest` (migrated from `url` if it has the old layout), or None.
 
     Raises:
@@ -319,7 +351,7 @@ def _open(
     """
     if not dest.is_dir():
         return None
-    target = _Clone.of(dest)
+    target = Clone.of(dest)
     if target.is_old_layout():
         if url is None:
             raise NotFound(
@@ -330,18 +362,18 @@ def _open(
     return target if target.git_dir.is_dir() else None
 
 
-def _migrate(target: _Clone, url: str, credentials: Path | None, limits: gitcmd.GitLimits) -> None:
+def _migrate(target: Clone, url: str, credentials: Path | None, limits: gitcmd.GitLimits) -> None:
     """Give the old-layout work tree a store entry cloned from `url`, then remove its `.git`.
 
     Raises:
         InvalidInput: the URL is refused, or git cannot index the work tree.
         NotFound, ServiceUnavailable: as `clone`.
     """
-    _valid(validate_git_url, url)
+    valid(validate_git_url, url)
     timeout_s = limits.timeout_s
     with _staging(target) as stage:
         staged = _clone_into(stage, url, credentials, limits, checkout=False)
-        adopted = _Clone(target.work_tree, staged.git_dir)
+        adopted = Clone(target.work_tree, staged.git_dir)
         # Index := HEAD, work tree untouched; then only the files missing from it are written.
         _adopt(adopted, ["reset", "--quiet"], timeout_s=timeout_s)
         missing = _adopt(adopted, ["ls-files", "-z", "--deleted"], timeout_s=timeout_s)
@@ -350,7 +382,7 @@ def _migrate(target: _Clone, url: str, credentials: Path | None, limits: gitcmd.
     _remove(target.work_tree / ".git")
 
 
-def _adopt(adopted: _Clone, args: list[str], *, timeout_s: float, stdin: str = "") -> str:
+def _adopt(adopted: Clone, args: list[str], *, timeout_s: float, stdin: str = "") -> str:
     """Run one local git command of a migration; return its stdout.
 
     Raises:
@@ -364,7 +396,7 @@ def _adopt(adopted: _Clone, args: list[str], *, timeout_s: float, stdin: str = "
 
 
 @contextmanager
-def _staging(target: _Clone) -> Iterator[Path]:
+def _staging(target: Clone) -> Iterator[Path]:
     """A new hidden, root-only directory next to the work tree, removed on exit.
 
     Raises:
@@ -391,7 +423,7 @@ def _clone_into(
     checkout: bool,
     branch: str | None = None,
     tries: list[str] | None = None,
-) -> _Clone:
+) -> Clone:
     """Clone `url` into `stage/work` with its git dir in `stage/git`; the work tree keeps no
     `.git` file. Without `checkout`, the work tree stays empty. A try that fails is cleaned up
     before the next one.
@@ -399,7 +431,7 @@ def _clone_into(
     Raises:
         InvalidInput, NotFound, gitcmd.GitUnavailable: as `_remote`.
     """
-    staged = _Clone(stage / "work", stage / "git")
+    staged = Clone(stage / "work", stage / "git")
     options = ["--progress", "--no-recurse-submodules", f"--separate-git-dir={staged.git_dir}"]
     if not checkout:
         options.append("--no-checkout")
@@ -418,7 +450,7 @@ def _clone_into(
     return staged
 
 
-def _remote_branches(target: _Clone) -> list[str]:
+def _remote_branches(target: Clone) -> list[str]:
     """The branches of `origin` the clone knows (`refs/remotes/origin/*` but HEAD), sorted."""
     found = gitcmd.run(
         [*target.args(), "for-each-ref", "--format=%(refname:lstrip=3)", "refs/remotes/origin/"]
@@ -426,7 +458,7 @@ def _remote_branches(target: _Clone) -> list[str]:
     return sorted(name for name in found.stdout.split() if name != "HEAD")
 
 
-def _fix_dangling_head(target: _Clone, url: str, timeout_s: float) -> None:
+def _fix_dangling_head(target: Clone, url: str, timeout_s: float) -> None:
     """When the clone has no commit checked out although `origin` has branches (the remote's
     HEAD names a branch that does not exist), check out `origin`'s only branch, tracking it.
 
@@ -436,7 +468,7 @@ def _fix_dangling_head(target: _Clone, url: str, timeout_s: float) -> None:
         InvalidInput: `origin` has several branches (they are named: choose one with --branch),
             or the checkout failed.
     """
-    if _head(target) is not None:
+    if target.head() is not None:
         return
     branches = _remote_branches(target)
     if not branches:
@@ -460,7 +492,7 @@ def _fix_dangling_head(target: _Clone, url: str, timeout_s: float) -> None:
         )
 
 
-def _install_store(git_dir: Path, target: _Clone) -> None:
+def _install_store(git_dir: Path, target: Clone) -> None:
     """Rename the staged `git_dir` to `target`'s store entry (the store made root-only).
 
     Raises:
@@ -491,35 +523,23 @@ def _remove(path: Path) -> None:
 
 
 def _describe(path: Path) -> LocalDataset:
-    target = _Clone.of(path)
+    target = Clone.of(path)
     if not (
         target.git_dir.is_dir()
         and gitcmd.run([*target.args(), "rev-parse", "--git-dir"]).status == 0
     ):
         return LocalDataset(name=path.name, path=path, is_git=False, head=None, remote=None)
-    head = _head(target)
+    head = target.head()
     return LocalDataset(
         name=path.name,
         path=path,
         is_git=True,
         head=head[:SHORT_SHA_LEN] if head else None,
-        remote=_origin(target),
+        remote=target.origin(),
     )
 
 
-def _head(target: _Clone) -> str | None:
-    """The sha (40 hex) of the clone's HEAD commit, or None (no commit yet)."""
-    found = gitcmd.run([*target.args(), "rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
-    return found.stdout.strip() if found.status == 0 else None
-
-
-def _origin(target: _Clone) -> str | None:
-    """The URL of the clone's `origin` remote, from the store's config, or None."""
-    found = gitcmd.run([*target.args(), "config", "--get", "remote.origin.url"])
-    return found.stdout.strip() if found.status == 0 else None
-
-
-def _valid(validate: Callable[[str], str], value: str) -> str:
+def valid(validate: Callable[[str], str], value: str) -> str:
     """`validate(value)` (one of `models.validate_*`); its ValueError raised as InvalidInput."""
     try:
         return validate(value)
@@ -528,9 +548,11 @@ def _valid(validate: Callable[[str], str], value: str) -> str:
 
 
 def _check_origin(dest: Path, remote: str | None, url: str | None) -> None:
-    """Raise InvalidInput when the clone at `dest` comes from `remote`, not from `url`."""
-    if remote is not None and url is not None and remote != url:
+    """Raise InvalidInput when the clone at `dest` comes from `remote`, not from `url`
+    (compared by meaning: `models.same_remote`)."""
+    if remote is not None and url is not None and not same_remote(remote, url):
         raise InvalidInput(
-            f"{dest} is a clone of {redact_url(remote)}, not of {redact_url(url)}: "
-            "move it away to clone afresh"
+            f"{dest} is a clone of {redact_url(remote)}, not of {redact_url(url)}: if the data "
+            f"moved there, `maoctl tool update-data {dest.name} --set-url` points the clone to "
+            "it and keeps its history"
         )

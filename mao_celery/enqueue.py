@@ -11,6 +11,7 @@ import uuid
 from celery import Celery, chain
 from celery.canvas import Signature
 
+from mao_celery.celery_app import container_queue, host_queue
 from mao_celery.exceptions import ServiceUnavailable
 from mao_celery.models import RunReport
 from mao_celery.registry import Registry
@@ -32,12 +33,31 @@ def lock_ttl_s(conf: Settings) -> float:
     return conf.visibility_timeout_s + conf.timeout_max_s + 300.0
 
 
-def run_chain(app: Celery, report: RunReport, start: str = PREPARE_DATASET) -> Signature:
+def step_queue(step: str, host: str) -> str:
+    """The queue of step `step` (one of `RUN_STEPS`) of a run bound to worker machine `host`:
+    its containers queue for the container step (the machine's thread-pool worker waits on
+    containers), its host queue for the others."""
+    return container_queue(host) if step == RUN_CONTAINER else host_queue(host)
+
+
+def run_chain(
+    app: Celery, report: RunReport, start: str = PREPARE_DATASET, host: str | None = None
+) -> Signature:
     """The chain of tasks that performs the run `report` (queued), or the rest of it from step
-    `start` (one of `RUN_STEPS`) on."""
-    first, *rest = RUN_STEPS[RUN_STEPS.index(start) :]
+    `start` (one of `RUN_STEPS`) on, each step sent to its queue on worker machine `host`
+    (`step_queue`; None: the first step to the node's shared queue, and the first step taken
+    routes the rest to its machine, see tasks.py)."""
+    steps = RUN_STEPS[RUN_STEPS.index(start) :]
     state = report.model_dump(mode="json")
-    return chain(app.signature(first, args=(state,)), *(app.signature(name) for name in rest))
+
+    def options(step: str) -> dict[str, str]:
+        return {} if host is None else {"queue": step_queue(step, host)}
+
+    first, *rest = steps
+    return chain(
+        app.signature(first, args=(state,), options=options(first)),
+        *(app.signature(name, options=options(name)) for name in rest),
+    )
 
 
 def start_run(

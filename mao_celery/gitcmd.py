@@ -129,6 +129,11 @@ class GitUnavailable(ServiceUnavailable):
         self.tries = list(tries)
 
 
+class Rejected(InvalidInput):
+    """The remote refused to move a branch because the push was not a fast-forward (git's
+    `[rejected]`: the branch has commits the pushed one lacks); fetch, merge, push again."""
+
+
 def _summary(tries: Sequence[str]) -> str:
     if len(tries) == 1:
         return tries[0].removeprefix("try 1: ")
@@ -244,6 +249,8 @@ def remote(
 
     Raises:
         InvalidInput: git refused the URL (e.g. a transport that is not allowed).
+        Rejected: a push was not a fast-forward (an InvalidInput).
+        InvalidInput: the remote refused a push otherwise (e.g. a hook declined it).
         NotFound: there is no repository at the URL (not worth a retry).
         GitUnavailable: any other failure (or the timeout), naming each try.
     """
@@ -262,6 +269,10 @@ def remote(
         if done.status == 0:
             return done.stdout
         detail = git_message(done.stderr)
+        refusal = _push_refusal(done.stderr)
+        if refusal is not None:
+            kind = Rejected if "[rejected]" in refusal else InvalidInput
+            raise kind(f"{shown} refused the push: {redact_urls(refusal)}")
         if any(marker in detail for marker in _REFUSED_MARKERS):
             raise InvalidInput(f"git refused the URL {shown!r}: {detail}")
         if any(marker in detail for marker in _MISSING_MARKERS):
@@ -278,6 +289,13 @@ def remote(
             break
         time.sleep(wait_s)
     raise GitUnavailable(shown, failed)
+
+
+def _push_refusal(stderr: str) -> str | None:
+    """The line of a push's ref the remote refused (` ! [rejected] HEAD -> b (fetch first)`,
+    `[remote rejected]` for a hook's refusal), or None."""
+    found = (line.strip() for line in stderr.splitlines() if line.lstrip().startswith("! ["))
+    return next(found, None)
 
 
 def git_message(stderr: str) -> str:

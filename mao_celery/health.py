@@ -16,6 +16,7 @@ from pyetcd import etcdrpc
 
 from mao_celery.enqueue import RUN_STEPS
 from mao_celery.exceptions import MaoError, ServiceUnavailable
+from mao_celery.redis_calls import redis_error
 from mao_celery.registry import Etcd
 from mao_celery.settings import BEAT_MAX_LOOP_INTERVAL_S, Settings
 from mao_celery.text import redact_url
@@ -224,7 +225,7 @@ def check_etcd(settings: Settings) -> Check:
     A failure reads as every other etcd command's (registry.Etcd.call): "etcd unreachable (no
     member answers)", "etcd cluster has no quorum (k of n members answer)", or etcd's refusal.
     """
-    etcd = Etcd(settings.etcd_endpoints, settings.etcd_timeout_s)
+    etcd = Etcd.from_settings(settings)
     probe_key = f"{settings.etcd_prefix}status-probe"
 
     def read(client: pyetcd.MultiEndpointEtcd3Client) -> str:
@@ -251,6 +252,8 @@ def check_redis(settings: Settings) -> Check:
     shown = redact_url(settings.redis_url)
     try:
         client.ping()
+    except redis.AuthenticationError as e:
+        return Check("Redis", False, str(redis_error(settings.redis_url, e)))
     except redis.ResponseError as e:
         if "out of range" not in str(e).lower():
             return Check("Redis", False, f"refused at {shown}: {e}")

@@ -1,10 +1,15 @@
 """This node's membership of the federation: a member record in etcd on a lease that the
-periodic heartbeat refreshes, so a node that stops disappears within the lease's time to live.
+heartbeat refreshes, so a node that stops disappears within the lease's time to live.
+
+The heartbeat runs on a thread of every beat process of the node (periodic.py), not as a task
+the beat fires: a beat waiting for RedBeat's lock (up to `MAO_BEAT_LOCK_TIMEOUT_S` after the
+holder was killed) still beats, and no heartbeat waits in the queue behind long runs.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from datetime import datetime
 
 from mao_celery import __version__
@@ -13,8 +18,17 @@ from mao_celery.node_state import LEASE_KEY, STARTED_KEY, NodeState
 from mao_celery.registry import Registry
 
 
-def heartbeat(registry: Registry, state: NodeState, node_id: str, ttl_s: int) -> Member:
-    """Write this node's member record with a fresh `last_seen`, keeping its lease alive.
+def heartbeat(
+    registry: Registry,
+    state: NodeState,
+    node_id: str,
+    ttl_s: int,
+    *,
+    workers: int | None = None,
+    tools: Sequence[str] = (),
+) -> Member:
+    """Write this node's member record with a fresh `last_seen`, keeping its lease alive;
+    `workers` (how many answer, None: unknown) and `tools` (those it schedules) go into it.
 
     The lease id and the node's start time are kept in the node's state (Redis), so every worker
     process refreshes the same lease; a lease that expired (the node was down longer than `ttl_s`
@@ -33,6 +47,8 @@ def heartbeat(registry: Registry, state: NodeState, node_id: str, ttl_s: int) ->
         version=__version__,
         started_at=datetime.fromisoformat(started) if started else now,
         last_seen=now,
+        workers=workers,
+        tools=sorted(tools),
     )
     if alive and lease_id is not None:
         registry.put_member(member, int(lease_id))

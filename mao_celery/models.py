@@ -14,7 +14,14 @@ from pathlib import PurePosixPath
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from mao_celery.exceptions import InvalidInput, describe_validation_error
 from mao_celery.text import redact_url
@@ -104,6 +111,16 @@ def validate_image(value: str) -> str:
     return value
 
 
+MAX_GIT_URL_LEN = 2048
+"""The longest git URL accepted (git hosts accept far shorter); the bound keeps validating and
+redacting a hostile registry value cheap."""
+
+
+def _refused(url: str, why: str) -> ValueError:
+    """The error refusing git URL `url` for reason `why`, showing it through `redact_url`."""
+    return ValueError(f"invalid git URL {redact_url(url)!r}: {why}")
+
+
 def validate_git_url(value: str) -> str:
     """Check a git URL that will be handed to `git clone`.
 
@@ -119,15 +136,14 @@ def validate_git_url(value: str) -> str:
         ValueError: the URL is refused; the message says why and shows the URL through
             `text.redact_url`, so never a secret.
     """
-    shown = redact_url(value)
+    if len(value) > MAX_GIT_URL_LEN:
+        raise ValueError(f"invalid git URL: longer than {MAX_GIT_URL_LEN} characters")
     if "::" in value:
-        raise ValueError(f"invalid git URL {shown!r}: remote helpers ('transport::') are refused")
+        raise _refused(value, "remote helpers ('transport::') are refused")
     if not value or not _SAFE_CHARS_RE.fullmatch(value):
-        raise ValueError(f"invalid git URL {shown!r}: empty or contains spaces/control characters")
+        raise _refused(value, "empty or contains spaces/control characters")
     if any(part.startswith("-") for part in re.split(r"[/:@]", value)):
-        raise ValueError(
-            f"invalid git URL {shown!r}: a part starting with '-' looks like an option"
-        )
+        raise _refused(value, "a part starting with '-' looks like an option")
     if value.startswith("/"):
         return value
     if _SCP_LIKE_RE.fullmatch(value) and "://" not in value:
@@ -135,31 +151,66 @@ def validate_git_url(value: str) -> str:
     try:
         parts = urlsplit(value)
     except ValueError as e:
-        raise ValueError(f"invalid git URL {shown!r}: {e}") from e
+        raise _refused(value, str(e)) from e
     if parts.scheme not in GIT_URL_SCHEMES:
-        raise ValueError(
-            f"invalid git URL {shown!r}: use https://, http://, ssh://, git://, file://, "
-            "user@host:path or an absolute path"
+        raise _refused(
+            value,
+            "use https://, http://, ssh://, git://, file://, user@host:path or an absolute path",
         )
     if parts.password is not None or (
         parts.scheme in _TOKEN_AS_USER_SCHEMES and "@" in parts.netloc
     ):
-        raise ValueError(
-            f"invalid git URL {shown!r}: credentials are refused in registry URLs (every member "
+        raise _refused(
+            value,
+            "credentials are refused in registry URLs (every member "
             "reads them); put them in the node's MAO_GIT_CREDENTIALS_FILE (a git-credential-store "
-            "file) or use ssh"
+            "file) or use ssh",
         )
     if parts.query or parts.fragment or "?" in value or "#" in value:
-        raise ValueError(
-            f"invalid git URL {shown!r}: a query or fragment ('?', '#') is refused (tokens in it "
-            "would be read by every member); put credentials in MAO_GIT_CREDENTIALS_FILE"
+        raise _refused(
+            value,
+            "a query or fragment ('?', '#') is refused (tokens in it "
+            "would be read by every member); put credentials in MAO_GIT_CREDENTIALS_FILE",
         )
     if parts.scheme == "file":
         if not PurePosixPath(parts.path).is_absolute():
-            raise ValueError(f"invalid git URL {shown!r}: file:// needs an absolute path")
+            raise _refused(value, "file:// needs an absolute path")
     elif not parts.hostname:
-        raise ValueError(f"invalid git URL {shown!r}: no host")
+        raise _refused(value, "no host")
     return value
+
+
+_DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22, "git": 9418}
+
+
+def same_remote(a: str, b: str) -> bool:
+    """True when git URLs `a` and `b` name the same repository, compared by meaning: scheme and
+    host in any case, a default port or none, trailing `/`s, and for network URLs (and scp-like
+    `user@host:path`) a trailing `.git`; `file:///x` is the path `/x`. So `https://H/r/` ==
+    `https://h:443/r.git`, `file:///x/r.git/` == `/x/r.git`; `ssh://h/r` != `h:r` (home-relative).
+    """
+    return _remote_key(a) == _remote_key(b)
+
+
+def _remote_key(url: str) -> tuple[str, ...]:
+    """What `same_remote` compares of `url`: (kind, user, host, port, path)."""
+    if url.startswith("/"):
+        return ("path", "", "", "", url.rstrip("/") or "/")
+    if _SCP_LIKE_RE.fullmatch(url) and "://" not in url:
+        authority, _, path = url.partition(":")
+        user, _, host = authority.rpartition("@")
+        return ("scp", user, host.lower(), "", path.rstrip("/").removesuffix(".git"))
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ("raw", url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return ("path", "", "", "", parts.path.rstrip("/") or "/")
+    path = parts.path.rstrip("/").removesuffix(".git")
+    shown_port = "" if port in (None, _DEFAULT_PORTS.get(scheme)) else str(port)
+    return (scheme, parts.username or "", (parts.hostname or "").lower(), shown_port, path)
 
 
 def validate_branch(value: str) -> str:
@@ -262,6 +313,10 @@ class Tool(_Model):
     killed; node default `MAO_RUN_TIMEOUT_S`), `memory_bytes` (bytes; `MAO_RUN_MEMORY_BYTES`),
     `cpus` (CPUs; `MAO_RUN_CPUS`). A node runs the tool only within its maxima
     (`MAO_RUN_TIMEOUT_MAX_S`, `MAO_RUN_MEMORY_MAX_BYTES`, `MAO_RUN_CPUS_MAX`).
+
+    `push` True pushes each run's commit to `data_repo` (a node's `MAO_GIT_PUSH` does it for
+    every tool), on `push_branch` (None: the node's branch `mao/<node id>`; a tool may name its
+    main branch); never forced (dataplane.py).
     """
 
     name: Name
@@ -279,6 +334,8 @@ class Tool(_Model):
     timeout_s: TimeoutS | None = None
     memory_bytes: MemoryBytes | None = None
     cpus: Cpus | None = None
+    push: bool = False
+    push_branch: Branch | None = None
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = ""
 
@@ -295,13 +352,20 @@ class Dataset(_Model):
 
 
 class Member(_Model):
-    """A live node of the federation, kept in etcd on a lease refreshed by its heartbeat."""
+    """A live node of the federation, kept in etcd on a lease refreshed by its heartbeat.
+
+    `last_seen` is its last heartbeat; `workers`: how many of its Celery workers answered a
+    ping then (None: not known, e.g. written by an older version); `tools`: the tools it
+    schedules (`maoctl tool schedule`), sorted.
+    """
 
     node_id: NodeId
     hostname: str
     version: str
     started_at: datetime
     last_seen: datetime
+    workers: Annotated[int, Field(ge=0)] | None = None
+    tools: list[Name] = []
 
 
 class InvalidControlFile(_Model):
@@ -311,14 +375,33 @@ class InvalidControlFile(_Model):
     reason: str
 
 
+class ControlMarker(_Model):
+    """The newest control file of a data directory before a run, to tell the files the run wrote
+    (the rule: `spike.detect_spike`). `files`: how many regular control files there were;
+    `newest`: the newest one's name in detection order and `newest_mtime_ns` its modification
+    time (nanoseconds since the epoch); both None when there was none."""
+
+    files: int = 0
+    newest: str | None = None
+    newest_mtime_ns: int | None = None
+
+
 class SpikeResult(_Model):
     """What spike detection found in a tool's data directory.
 
     The rule (original MAO): baseline = mean of the `window` values before the latest;
     gain % = (latest / baseline - 1) x 100; spike when |gain| > `threshold_pct`.
     `gain_pct` is None when it is undefined (zero baseline, too few values); `reason`
-    then says why. Files are listed in detection order (numeric when every value part is a number,
-    else as strings).
+    then says why. Names are listed in detection order (numeric when every value part is a
+    number, else as strings), oldest first, and only the few that matter (spike.py):
+
+    - `files`, `values`: the valid control files used, at most `window` + 1 (the newest);
+    - `invalid`: the control files read and skipped on the way (at most `spike.INVALID_READS_MAX`);
+    - `ignored`, `new_files`: the newest `spike.LISTED_MAX` entries that are not regular files,
+      and of the new control files (the run's `ControlMarker` tells which are new);
+    - `control_files`: how many `control-*.csv` entries of any kind the directory holds,
+      `new_file_count`: how many of them are new. Both None in records of older versions,
+      which listed every name instead.
     """
 
     window: int
@@ -328,6 +411,8 @@ class SpikeResult(_Model):
     invalid: list[InvalidControlFile] = []
     ignored: list[str] = []
     new_files: list[str] = []
+    control_files: int | None = None
+    new_file_count: int | None = None
     latest: float | None = None
     baseline: float | None = None
     difference: float | None = None
@@ -397,12 +482,14 @@ class Cancellation(BaseModel):
 
 class StepTaker(BaseModel):
     """The worker process that took a step of a run: the Celery worker's host name (e.g.
-    `celery@host`), the pool process's pid, the task's id and name, and when (UTC). Recovery
-    (recovery.py) resumes the step when that process is no longer alive."""
+    `celery@host`), the worker machine (`host`: its `MAO_WORKER_HOST`; "" in records written
+    before it was recorded), the pool process's pid, the task's id and name, and when (UTC).
+    Recovery (recovery.py) resumes the step when that process is no longer alive."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     hostname: str
+    host: str = ""
     pid: int
     task_id: str
     step: str
@@ -417,10 +504,18 @@ class RunReport(BaseModel):
     are the tool's, or the node's defaults, as they were when the run was prepared. `user`
     (numeric `uid:gid`) and `network` (Docker network) are what the container ran as and on,
     recorded by the run step ("" before it). `taken_by` is the worker process that took the
-    newest step (see `held_step`). `data_commit` is the commit (40 hex) of the data directory
+    newest step (see `held_step`), `takers` every take of a step, oldest first (retries and
+    resumes included); `host` the worker machine the run is bound to. `host_lost_at` is when the
+    recovery found the run's step process dead and no live worker on its host (None: not
+    waiting for its host). `data_commit` is the commit (40 hex) of the data directory
     the tool ran on, and `git_tries` one line per failed try of git talking to the data
     repository's host ("try N: git's message"), both recorded by the prepare step. `cancelled`
-    is who cancelled the run and when (status `cancelled`), else None.
+    is who cancelled the run and when (status `cancelled`), else None. `image_digest` is the id
+    of the image the container ran (`sha256:...`, recorded by the run step); `run_commit` the
+    commit (40 hex) holding what the run wrote (detect step; None: it changed nothing);
+    `pushed_to` the branch of the data repository the commit was pushed to and `push_error` why
+    the push failed (publish step; a failed push does not fail the run, the next push carries
+    the commit).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -439,7 +534,10 @@ class RunReport(BaseModel):
     cpus: float | None = None
     spike_window: int = 2
     spike_threshold_pct: float = 20.0
-    control_files_before: list[str] = []
+    control_marker: ControlMarker = ControlMarker()
+    """The newest control file before the container ran (prepare step). Records of older
+    versions listed every name (`control_files_before`, dropped when read): their runs take
+    every control file as new."""
     steps_done: list[str] = []
     user: str = ""
     network: str = ""
@@ -451,8 +549,29 @@ class RunReport(BaseModel):
     error: str | None = None
     data_commit: str | None = None
     git_tries: list[str] = []
+    image_digest: str | None = None
+    run_commit: str | None = None
+    pushed_to: str | None = None
+    push_error: str | None = None
     taken_by: StepTaker | None = None
+    takers: list[StepTaker] = []
+    host_lost_at: datetime | None = None
     cancelled: Cancellation | None = None
+
+    @property
+    def host(self) -> str | None:
+        """The worker machine (`MAO_WORKER_HOST`) whose host queue runs this run's steps: the
+        one that took its newest step (all steps of a run are taken on one machine), or None
+        before its first step."""
+        return (self.taken_by.host or None) if self.taken_by is not None else None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_control_files_before(cls, data: Any) -> Any:
+        """Read a record of an older version, which listed every control file name."""
+        if isinstance(data, dict) and "control_files_before" in data:
+            return {k: v for k, v in data.items() if k != "control_files_before"}
+        return data
 
     @property
     def held_step(self) -> StepTaker | None:

@@ -24,6 +24,19 @@ if TYPE_CHECKING:
     from mao_celery.schedules import ScheduleStore
 
 
+DOCKER_CALLS_PER_STEP = 2
+"""HTTP connections a container step holds while its container runs: its wait and its log
+stream."""
+DOCKER_SPARE_CONNECTIONS = 10
+"""Connections kept besides those, for short calls (create, inspect, remove, recovery)."""
+
+
+def docker_pool_size(settings: Settings) -> int:
+    """How many HTTP connections to the Docker daemon a node's client keeps for reuse: two per
+    container slot (`MAO_CONTAINER_SLOTS`) and `DOCKER_SPARE_CONNECTIONS` more."""
+    return DOCKER_CALLS_PER_STEP * settings.container_slots + DOCKER_SPARE_CONNECTIONS
+
+
 class Node:
     """The clients of one node: `registry` (etcd), `runs`, `state` and `schedules` (its Redis),
     `docker`, and `app` (its Celery app). A context manager: leaving it closes the clients that
@@ -57,14 +70,16 @@ class Node:
 
     @cached_property
     def docker(self) -> docker.DockerClient:
-        """A client of the Docker daemon named by DOCKER_HOST (or the default socket).
+        """A client of the Docker daemon named by DOCKER_HOST (or the default socket), its
+        connection pool sized for `MAO_CONTAINER_SLOTS` container steps at once
+        (`docker_pool_size`).
 
         Raises:
             ServiceUnavailable: no daemon configuration could be found.
         """
         from mao_celery import containers
 
-        return containers.connect()
+        return containers.connect(max_pool_size=docker_pool_size(self.settings))
 
     @cached_property
     def schedules(self) -> ScheduleStore:

@@ -11,6 +11,16 @@ name, and the old message, redelivered by Redis after the visibility timeout, fi
 ended and does nothing. A container step whose container is gone cannot be resumed (its outcome
 was lost with the worker): the run is failed as "lost" with its last known state.
 
+A run is resumed on its machine (`RunReport.host`): its steps use that machine's importdir and
+Docker daemon; a resumed container step goes to that machine's containers queue, so a dead
+container worker's (threads) steps are all resumed there, each adopting its run's container.
+The sweep resumes the runs of its own machine; those of another machine with a
+live worker (one consuming its host queue, `inspect().active_queues()`) get a sweep sent to that
+host queue. A run whose machine has no live worker waits for it: the first sweep that finds it so
+records when (`RunReport.host_lost_at`), and once the machine has been without a live worker for
+`MAO_HOST_LOST_AFTER_S` seconds the run is failed as lost, naming the machine (its container, if
+any, is left on that machine's Docker daemon).
+
 Runs that nothing will end (queued more than a tool lock's lifetime ago, e.g. their message was
 lost) are failed as "lost" too. Records that cannot be read are logged and skipped.
 
@@ -32,6 +42,7 @@ import requests
 from celery import Celery
 
 from mao_celery import containers
+from mao_celery.celery_app import host_of_queue, host_queue
 from mao_celery.enqueue import RUN_CONTAINER, run_chain
 from mao_celery.exceptions import ServiceUnavailable
 from mao_celery.models import RunReport, StepTaker, utcnow
@@ -72,6 +83,16 @@ def live_workers(app: Celery, task_ids: Sequence[str], timeout_s: float) -> Live
     return LiveWorkers(processes, tasks)
 
 
+def live_hosts(app: Celery, timeout_s: float) -> frozenset[str]:
+    """The worker machines with a live worker: those whose host queue a worker consumes, by
+    the answers to a broadcast (`inspect().active_queues()`, awaited `timeout_s` seconds)."""
+    answers: dict[str, list[dict[str, Any]]] = (
+        app.control.inspect(timeout=timeout_s).active_queues() or {}
+    )
+    names = (str(queue.get("name", "")) for queues in answers.values() for queue in queues)
+    return frozenset(host for name in names if (host := host_of_queue(name)) is not None)
+
+
 def _pids(info: dict[str, Any]) -> frozenset[int]:
     """The main process and pool processes of a worker's `stats` answer."""
     pool = info.get("pool") or {}
@@ -99,8 +120,9 @@ class Recovery:
 
 
 def recover(ctx: Node, stale_after_s: float, timeout_s: float = INSPECT_TIMEOUT_S) -> Recovery:
-    """Resume or end this node's unfinished runs whose worker process died, and fail those
-    queued more than `stale_after_s` seconds ago (see the module's description).
+    """Resume or end this node's unfinished runs whose worker process died (on their machine,
+    or failed as lost once it has had no live worker for `MAO_HOST_LOST_AFTER_S` seconds), and
+    fail those queued more than `stale_after_s` seconds ago (see the module's description).
 
     Raises:
         ServiceUnavailable: Redis or the broker did not answer.
@@ -114,8 +136,22 @@ def recover(ctx: Node, stale_after_s: float, timeout_s: float = INSPECT_TIMEOUT_
     if not held:
         return done
     workers = live_workers(ctx.app, [_taker(r).task_id for r in held], timeout_s)
-    for report in orphans(held, workers):
-        _resume_or_fail(ctx, report, done)
+    dead = orphans(held, workers)
+    if not dead:
+        return done
+    hosts = live_hosts(ctx.app, timeout_s)
+    here = ctx.settings.worker_host
+    elsewhere: set[str] = set()
+    for report in dead:
+        host = report.host or here  # "": a step recorded before runs were bound to a machine
+        if host not in hosts:
+            _wait_for_host(ctx, report, host, done)
+        elif host == here:
+            _resume_or_fail(ctx, report, host, done)
+        elif not ctx.runs.was_resumed(_taker(report).task_id):
+            elsewhere.add(host)
+    for host in sorted(elsewhere):
+        _sweep_on(ctx, host)
     return done
 
 
@@ -140,9 +176,55 @@ def _fail_stale(ctx: Node, report: RunReport, cutoff: datetime, done: Recovery) 
     return True
 
 
-def _resume_or_fail(ctx: Node, report: RunReport, done: Recovery) -> None:
-    """Resume the step of `report` whose process died, once; fail the run as lost when it is
-    the container step and the run's container is gone."""
+def _sweep_on(ctx: Node, host: str) -> None:
+    """Send a recovery sweep to machine `host`'s queue (its runs are resumed there).
+
+    Raises:
+        ServiceUnavailable: the broker did not answer.
+    """
+    from mao_celery.periodic import RECOVER_RUNS  # the task module imports this one
+
+    try:
+        ctx.app.send_task(RECOVER_RUNS, queue=host_queue(host))
+    except Exception as e:  # kombu and redis-py raise their own; the next sweep tries again
+        raise ServiceUnavailable("the broker", "Redis", str(e)) from e
+    log.info("runs of host %s whose worker died: recovery sent to its queue", host)
+
+
+def _wait_for_host(ctx: Node, report: RunReport, host: str, done: Recovery) -> None:
+    """`report`'s step process died and its machine `host` has no live worker: note since
+    when, and fail the run as lost once that is `MAO_HOST_LOST_AFTER_S` seconds ago. (Nothing
+    else writes the run meanwhile: a resume needs a live worker on `host`.)"""
+    taker = _taker(report)
+    bound_s = ctx.settings.host_lost_after_s
+    if report.host_lost_at is None:
+        if ctx.runs.save(report.updated(host_lost_at=utcnow())):
+            log.warning(
+                "run %s: worker %s (pid %d) died during %s and host %s has no live worker; "
+                "the run waits for it, at most %g s",
+                report.run_id,
+                taker.hostname,
+                taker.pid,
+                taker.step,
+                host,
+                bound_s,
+            )
+        return
+    gone_s = (utcnow() - report.host_lost_at).total_seconds()
+    if gone_s < bound_s or not ctx.runs.claim_resume(taker.task_id, report.run_id):
+        return
+    reason = (
+        f"lost: host {host} has had no live worker for {gone_s:.0f} s (MAO_HOST_LOST_AFTER_S "
+        f"{bound_s:g}) since worker {taker.hostname} (pid {taker.pid}) died during "
+        f"{taker.step}; last known state: {report.status}"
+    )
+    if ctx.runs.save(report.failed(reason)):
+        done.lost.append(report.run_id)
+
+
+def _resume_or_fail(ctx: Node, report: RunReport, host: str, done: Recovery) -> None:
+    """Resume the step of `report` whose process died, once, on machine `host` (this sweep's);
+    fail the run as lost when it is the container step and the run's container is gone."""
     taker = _taker(report)
     if not ctx.runs.claim_resume(taker.task_id, report.run_id):
         return
@@ -158,7 +240,7 @@ def _resume_or_fail(ctx: Node, report: RunReport, done: Recovery) -> None:
             done.lost.append(report.run_id)
         return
     try:
-        run_chain(ctx.app, report, start=taker.step).apply_async()
+        run_chain(ctx.app, report, start=taker.step, host=host).apply_async()
     except Exception as e:  # kombu and redis-py raise their own; the next sweep tries again
         ctx.runs.unclaim_resume(taker.task_id)
         raise ServiceUnavailable("the broker", "Redis", str(e)) from e

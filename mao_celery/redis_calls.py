@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import redis
 
-from mao_celery.exceptions import ServiceUnavailable
+from mao_celery.exceptions import MaoError, ServiceUnavailable
 from mao_celery.text import redact_url
 
 T = TypeVar("T")
@@ -28,15 +28,44 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
+class RedisAccessDenied(ServiceUnavailable):
+    """Redis refused the client's password (or wants one): exit 3 like an unreachable Redis,
+    but the message says "Redis authentication failed at URL: DETAIL" and where the password
+    goes.
+
+    Args:
+        url: the Redis URL (shown with its password masked).
+        detail: Redis's reason, one line.
+    """
+
+    def __init__(self, url: str, detail: str) -> None:
+        MaoError.__init__(
+            self,
+            f"Redis authentication failed at {redact_url(url)}: {detail}; check the password "
+            "in MAO_REDIS_URL (redis://:PASSWORD@host:port/db, or rediss:// for TLS)",
+        )
+        self.service = "Redis"
+        self.endpoint = redact_url(url)
+
+
+def redis_error(url: str, error: redis.RedisError) -> ServiceUnavailable:
+    """The one-line error of a Redis call that failed with `error` at `url`: authentication
+    (RedisAccessDenied), else unreachable or refused (ServiceUnavailable)."""
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, redis.AuthenticationError):
+        return RedisAccessDenied(url, detail)
+    return ServiceUnavailable("Redis", redact_url(url), detail)
+
+
 def redis_call(url: str, operation: Callable[[], T]) -> T:
     """`operation()`, with any Redis error turned into ServiceUnavailable naming `url` (masked).
 
     Raises:
+        RedisAccessDenied: Redis refused the password, or wants one (ServiceUnavailable).
         ServiceUnavailable: Redis did not answer (or refused the call); the first line of its
             message as the detail.
     """
     try:
         return operation()
     except redis.RedisError as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ServiceUnavailable("Redis", redact_url(url), detail) from e
+        raise redis_error(url, e) from e

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
@@ -26,14 +27,15 @@ from mao_celery.text import format_gain_pct, printable, printable_lines, redact_
 
 if TYPE_CHECKING:
     from mao_celery.cancel import Cancelled
+    from mao_celery.dataplane import HistoryPoint
     from mao_celery.datasets import LocalDataset
     from mao_celery.health import Check
     from mao_celery.models import Notification, RunReport, Tool
     from mao_celery.records import InvalidRecord
-    from mao_celery.registry import InvalidEntry
+    from mao_celery.registry import EntryPage, InvalidEntry
     from mao_celery.schedules import Scheduled, ScheduleInfo
     from mao_celery.settings import Settings
-    from mao_celery.tools import RunOutput
+    from mao_celery.tools import DataUpdate, RunOutput, ToolHistory
     from mao_celery.worker_info import PublishedSettings
 
 TIME = "%Y-%m-%d %H:%M:%S"
@@ -197,6 +199,29 @@ class Listing:
         else:
             print_table(self.title, self.columns, (self.row(item) for item in items), self.folded)
 
+    def show_page(
+        self,
+        items: Sequence[Any],
+        as_json: bool,
+        warnings: Iterable[Skipped],
+        paging: tuple[str | None, int | None],
+        command: str,
+    ) -> None:
+        """Print one page of a listing, `paging` = (next_after, limit): the name to continue
+        after (None: the last page) and the user's --limit (None: not given). As the table, then
+        (`echo_more`) the `maoctl COMMAND --after NAME` line when there are more; or as JSON
+        (`listing_json`, plus `"next_after"` when a limit was given: the NAME for --after, null
+        on the last page)."""
+        next_after, limit = paging
+        if not as_json:
+            self.show(items, as_json=False)
+            echo_more(command, next_after, limit)
+            return
+        data = listing_json(items, warnings)
+        if limit is not None:
+            data["next_after"] = next_after
+        print_json(data)
+
 
 COMPACT_TIME = "%Y-%m-%d %H:%M"
 """Times in tables: to the minute (`run show` and JSON keep the seconds)."""
@@ -206,7 +231,19 @@ def _time(value: Any, fmt: str = COMPACT_TIME) -> str:
     return "" if value is None else format(value, fmt)
 
 
+def age(when: datetime, now: datetime | None = None) -> str:
+    """How long ago `when` was, in its largest whole unit: `4s ago`, `12m ago`, `5h ago`,
+    `3d ago` (up to 119 of one unit before the next); `now` defaults to the current time."""
+    seconds = max(0, int(((now or datetime.now(UTC)) - when).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
 SHORT_ID = 8
+SHORT_SHA = 12
+"""Commits as people see them: their first 12 hex digits (`datasets.SHORT_SHA_LEN`)."""
 
 
 def short_id(run_id: str | None) -> str:
@@ -236,9 +273,17 @@ DATASETS = Listing(
 )
 MEMBERS = Listing(
     "Members",
-    ("node", "host", "version", "started", "last seen"),
-    lambda m: (m.node_id, m.hostname, m.version, _time(m.started_at), _time(m.last_seen)),
-    folded=("node", "host", "version"),
+    ("node", "host", "version", "started", "seen", "workers", "tools"),
+    lambda m: (
+        m.node_id,
+        m.hostname,
+        m.version,
+        _time(m.started_at),
+        age(m.last_seen),
+        "?" if m.workers is None else m.workers,
+        ", ".join(m.tools) or "-",
+    ),
+    folded=("node", "host", "version", "tools"),
 )
 URL_FIELDS = frozenset({"data_repo", "code_repo", "url"})
 
@@ -303,6 +348,16 @@ SCHEDULES = Listing(
 )
 
 
+def show_schedules(
+    infos: Sequence[ScheduleInfo], next_after: str | None, as_json: bool, limit: int | None
+) -> None:
+    """Print one page of `schedule list` (`Listing.show_page`; the invalid entries as the
+    JSON's warnings)."""
+    SCHEDULES.show_page(
+        infos, as_json, schedule_warnings(infos), (next_after, limit), "schedule list"
+    )
+
+
 def schedule_warnings(infos: Iterable[ScheduleInfo]) -> list[InvalidRecord]:
     """The schedule entries that cannot be read, as the warnings of `schedule list --json`."""
     from mao_celery.records import InvalidRecord
@@ -351,6 +406,24 @@ def show_next_fires(info: ScheduleInfo, fires: Sequence[datetime], as_json: bool
 
 
 LISTINGS = {"tool": TOOLS, "dataset": DATASETS}
+
+
+def show_page(kind: str, page: EntryPage[Any], as_json: bool, limit: int | None) -> None:
+    """Print one page of the registry entries of `kind` ("tool", "dataset"), read with the
+    user's --limit `limit` (None: not given), as `Listing.show_page` does."""
+    LISTINGS[kind].show_page(
+        page.items, as_json, page.invalid, (page.next_after, limit), f"{kind} get"
+    )
+
+
+def echo_more(command: str, next_after: str | None, limit: int | None) -> None:
+    """After a table that does not show every entry (`next_after` not None: the name of its
+    last row), the line giving the command that shows the next page: `... more: maoctl COMMAND
+    --after NAME` (with the user's `--limit`, if given)."""
+    if next_after is None:
+        return
+    again = f" --limit {limit}" if limit is not None else ""
+    click.echo(f"... more: maoctl {command} --after {shlex.quote(printable(next_after))}{again}")
 
 
 def run_row(r: RunReport) -> Sequence[object]:
@@ -422,6 +495,17 @@ def show_notifications(
     print_table("Notifications", columns, rows, folded=("tool", "node"))
 
 
+def show_following(following: frozenset[str] | None, as_json: bool) -> None:
+    """Print the tools a node alerts for (None: all) as JSON `{"all": bool, "tools": [...]}`
+    or as one line."""
+    if as_json:
+        print_json({"all": following is None, "tools": sorted(following or ())})
+    elif following is None:
+        click.echo("following all tools")
+    else:
+        echo_lines([f"following: {', '.join(sorted(following)) or 'no tool'}"])
+
+
 def show_local_datasets(local: Sequence[LocalDataset], as_json: bool) -> None:
     """Print the data directories under importdir as JSON (`listing_json`) or as a table."""
     if as_json:
@@ -453,6 +537,14 @@ def show_checks(checks: Sequence[Check], as_json: bool) -> None:
         print_json([{"name": c.name, "ok": c.ok, "detail": c.detail, **c.data} for c in checks])
     else:
         echo_lines(f"{c.name:<10} {'OK' if c.ok else 'FAIL'}  {c.detail}" for c in checks)
+
+
+def removed_tool_line(name: str, unscheduled: bool, data: Path | None) -> str:
+    """What `tool remove` did, in one line: tool `name` removed, whether its schedule went
+    with it (`unscheduled`), and its data directory `data` kept (None: it had none)."""
+    schedule = "its schedule on this node removed too" if unscheduled else "it had no schedule"
+    kept = f"; its data directory {data} is kept" if data is not None else ""
+    return f"tool {name} removed; {schedule}{kept}"
 
 
 def interrupted_line(run_ids: Sequence[str]) -> str:
@@ -500,13 +592,18 @@ def report_lines(report: RunReport) -> list[str]:
         f"image      {report.image or 'n/a'}",
         f"data dir   {report.data_dir or 'n/a'}",
     ]
+    if report.host:
+        lines.append(f"host       {report.host}")
     if report.exit_code is not None:
         lines.append(f"exit code  {report.exit_code}")
     spike = report.spike
     if spike is not None:
         files = "file" if len(spike.files) == 1 else "files"
+        # records of older versions listed every file and counted none (None)
+        new = len(spike.new_files) if spike.new_file_count is None else spike.new_file_count
+        used = "" if spike.control_files is None else f" used of {spike.control_files} in all"
         lines += [
-            f"snapshots  {len(spike.files)} valid control {files} ({len(spike.new_files)} new)",
+            f"snapshots  {len(spike.files)} valid control {files}{used} ({new} new)",
             f"baseline   {number(spike.baseline)}",
             f"current    {number(spike.latest)}",
             f"difference {number(spike.difference)}",
@@ -517,6 +614,14 @@ def report_lines(report: RunReport) -> list[str]:
         lines += [f"ignored    {name}" for name in spike.ignored]
         if spike.compliance_warning:
             lines.append(f"warning    {spike.compliance_warning}")
+    if report.image_digest:
+        lines.append(f"image id   {report.image_digest}")
+    if report.run_commit:
+        lines.append(f"commit     {report.run_commit[:SHORT_SHA]}  (what the run wrote)")
+    if report.pushed_to:
+        lines.append(f"pushed     to branch {report.pushed_to} of the data repository")
+    if report.push_error:
+        lines.append(f"push       FAILED: {report.push_error} (the next push carries it)")
     if report.notification_key:
         lines.append(f"notified   {report.notification_key}")
     if report.error:
@@ -561,7 +666,19 @@ def tool_limit_lines(tool: Tool, conf: Settings) -> list[str]:
     network = tool.network or conf.tool_network
     allowed = "allowed" if network in conf.tool_networks_allowed else "NOT allowed here"
     lines.append(f"  {'network':<8}{network} ({allowed})")
+    lines.append(f"  {'push':<8}{_push_text(tool, conf)}")
     return lines
+
+
+def _push_text(tool: Tool, conf: Settings) -> str:
+    """Where the run commits of `tool` are pushed from this node, and who asked for it."""
+    from mao_celery.dataplane import push_branch
+
+    branch = push_branch(tool, conf)
+    if branch is None:
+        return "no (neither the tool's --push nor the node's MAO_GIT_PUSH)"
+    who = "the tool's --push" if tool.push else "the node's MAO_GIT_PUSH"
+    return f"to branch {branch} of the data repository ({who})"
 
 
 def show_effective_settings(
@@ -674,3 +791,204 @@ def show_output(pieces: Iterable[RunOutput], tail: int | None) -> None:
             click.echo(printable(line))
     if pending:
         click.echo(printable(pending.decode("utf-8", errors="replace")))
+
+
+# ---- the data plane: update-data, the metric over time (issue 10) ------------------------------
+
+
+def _short(sha: str | None) -> str:
+    return "(no commit)" if sha is None else sha[:SHORT_SHA]
+
+
+def data_update_lines(tool: str, done: DataUpdate) -> list[str]:
+    """What `tool update-data` did, for people: the clone's new head (short) and what changed."""
+    lines = (
+        [f"tool {tool}: origin of {done.path} set to the registered URL"] if done.url_set else []
+    )
+    if done.cloned:
+        lines.append(f"tool {tool}: data cloned into {done.path} at {_short(done.after)}")
+    elif done.before == done.after:
+        lines.append(f"tool {tool}: data in {done.path} already up to date at {_short(done.after)}")
+    else:
+        lines.append(
+            f"tool {tool}: data in {done.path} updated {_short(done.before)} -> "
+            f"{_short(done.after)}: {done.commits} new commit(s); files: {done.added} added, "
+            f"{done.changed} changed, {done.deleted} deleted"
+        )
+    return lines
+
+
+def show_data_update(tool: str, done: DataUpdate, as_json: bool) -> None:
+    """Print what `tool update-data` did as JSON (`{"tool", "path", "before", "after",
+    "cloned", "url_set", "commits", "added", "changed", "deleted"}`) or as lines."""
+    if as_json:
+        print_json({"tool": tool, **asdict(done), "path": str(done.path)})
+    else:
+        echo_lines(data_update_lines(tool, done))
+
+
+def _spike_mark(spike: bool | None) -> str:
+    return "?" if spike is None else "YES" if spike else "no"
+
+
+def history_row(p: HistoryPoint) -> Sequence[object]:
+    """A run commit as a row of `show_history`: compact date (UTC), short run id, the node, the
+    value rounded, the gain, the spike verdict (YES / no / ? when unknown), the short commit."""
+    return (
+        _time(p.committed_at),
+        short_id(p.run_id),
+        p.node,
+        number(p.control_value),
+        format_gain_pct(p.gain_pct, unit="", undefined=""),
+        _spike_mark(p.spike),
+        p.commit[:SHORT_SHA],
+    )
+
+
+HISTORY_COLUMNS = ("committed (UTC)", "run", "node", "value", "gain %", "spike", "commit")
+
+
+def history_note(history: ToolHistory) -> str | None:
+    """Why the history of a tool is empty (None: it is not)."""
+    if not history.cloned:
+        return (
+            f"tool {history.tool} has no data clone on this node yet: its first run, or "
+            f"`maoctl tool update-data {history.tool}`, clones it"
+        )
+    if not history.points:
+        return f"tool {history.tool}: no run commit in its data history yet"
+    return None
+
+
+def show_history(history: ToolHistory, as_json: bool) -> None:
+    """Print the run commits of a tool, newest first, as JSON (`listing_json`: each point as
+    `dataplane.HistoryPoint`) or as a table; an empty history is explained on stderr."""
+    empty = history_note(history)
+    if empty is not None:
+        note(empty)
+    title = f"Control values of {history.tool} (newest first)"
+    Listing(title, HISTORY_COLUMNS, history_row, folded=("node",)).show(history.points, as_json)
+
+
+@dataclass(frozen=True)
+class Band:
+    """The spike threshold band around the baseline before one value: a value outside
+    [`low`, `high`] is a spike (the spike rule of spike.py with the tool's settings)."""
+
+    baseline: float
+    low: float
+    high: float
+
+
+def history_bands(values: Sequence[float], window: int, threshold_pct: float) -> list[Band | None]:
+    """For each value of `values` (oldest first) the band the spike rule put around it: its
+    baseline (the mean of the `window` values before it) +- `threshold_pct` percent of the
+    baseline; None for the first `window` values (no baseline yet)."""
+    from mao_celery.spike import evaluate
+
+    bands: list[Band | None] = []
+    for end in range(1, len(values) + 1):
+        baseline = evaluate(values[:end], window=window, threshold_pct=threshold_pct)[0]
+        if baseline is None:
+            bands.append(None)
+            continue
+        edges = sorted(baseline * (1 + sign * threshold_pct / 100) for sign in (-1, 1))
+        bands.append(Band(baseline, edges[0], edges[1]))
+    return bands
+
+
+@dataclass(frozen=True)
+class Chart:
+    """What a chart of a tool's history draws, oldest first: the values, their times, the
+    spike verdicts and the threshold bands."""
+
+    title: str
+    values: list[float]
+    times: list[datetime]
+    spikes: list[bool]
+    bands: list[Band | None]
+
+    @classmethod
+    def of(cls, history: ToolHistory) -> Chart:
+        points = list(reversed(history.points))
+        values = [p.control_value for p in points]
+        return cls(
+            title=(
+                f"Control values of {history.tool} (band: baseline of {history.window} ± "
+                f"{history.threshold_pct:g} %)"
+            ),
+            values=values,
+            times=[p.committed_at for p in points],
+            spikes=[p.spike is True for p in points],
+            bands=history_bands(values, history.window, history.threshold_pct),
+        )
+
+    def banded(self) -> tuple[list[int], list[Band]]:
+        """The indexes (0-based) of the values that have a band, and their bands."""
+        found = [(i, b) for i, b in enumerate(self.bands) if b is not None]
+        return [i for i, _ in found], [b for _, b in found]
+
+
+def plot_history(chart: Chart, width: int, height: int = 20) -> str:
+    """`chart` drawn for the terminal (plotext), `width` x `height` characters: the values by
+    run (1 = the oldest), spikes marked x, the band's edges dotted."""
+    import plotext
+
+    figure = plotext.figure
+    figure.clear()
+    figure.plot_size(width, height)
+    runs = list(range(1, len(chart.values) + 1))
+    figure.draw(figure.signal(runs, chart.values).lines().label("control value"))
+    banded, bands = chart.banded()
+    if bands:
+        xs = [runs[i] for i in banded]
+        figure.draw(figure.signal(xs, [b.low for b in bands], marker="·").label("band"))
+        figure.draw(figure.signal(xs, [b.high for b in bands], marker="·"))
+    spiked = [i for i, spike in enumerate(chart.spikes) if spike]
+    if spiked:
+        spikes = [chart.values[i] for i in spiked]
+        figure.draw(figure.signal([runs[i] for i in spiked], spikes, marker="x").label("spike"))
+    figure.title(chart.title)
+    first, last = _time(chart.times[0]), _time(chart.times[-1])
+    figure.label(f"run (1 = {first} UTC, {len(runs)} = {last} UTC)", axis="x")
+    return str(figure.build().string())
+
+
+def write_history_png(chart: Chart, path: Path) -> None:
+    """Write `chart` as a PNG image to `path` (matplotlib, no display needed): the values by
+    commit time, spikes marked in red, the threshold band shaded.
+
+    Raises:
+        InvalidInput: matplotlib is not installed (the `charts` extra), or `path` cannot be
+            written.
+    """
+    from mao_celery.exceptions import InvalidInput
+
+    try:
+        import numpy
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise InvalidInput("--png needs matplotlib: pip install 'mao-orchestrator[charts]'") from e
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    naive_utc = [t.astimezone(UTC).replace(tzinfo=None) for t in chart.times]
+    times = numpy.array(naive_utc, dtype="datetime64[ms]")
+    banded, bands = chart.banded()
+    if bands:
+        low, high = [b.low for b in bands], [b.high for b in bands]
+        axes.fill_between(times[banded], low, high, alpha=0.2, label="threshold band")
+        axes.plot(times[banded], [b.baseline for b in bands], "--", label="baseline")
+    axes.plot(times, chart.values, "o-", color="black", label="control value")
+    spiked = [i for i, spike in enumerate(chart.spikes) if spike]
+    if spiked:
+        spikes = [chart.values[i] for i in spiked]
+        axes.plot(times[spiked], spikes, "o", color="red", markersize=9, label="spike")
+    axes.set_title(chart.title)
+    axes.set_xlabel("commit time (UTC)")
+    axes.set_ylabel("control value")
+    axes.legend(loc="best")
+    figure.autofmt_xdate()
+    try:
+        figure.savefig(path, format="png")
+    except OSError as e:
+        raise InvalidInput(f"cannot write {path}: {e.strerror or e}") from e

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mao_celery import containers, datasets, gitcmd, spike
+from mao_celery import containers, dataplane, datasets, gitcmd, spike
 from mao_celery.enqueue import RUN_CONTAINER
-from mao_celery.exceptions import InvalidInput, NotFound
+from mao_celery.exceptions import InvalidInput, MaoError, NotFound
 from mao_celery.models import TERMINAL_STATUSES, Notification, RunReport, RunStatus, utcnow
 from mao_celery.node import Node
 from mao_celery.runs import RunStore
@@ -23,10 +23,11 @@ ADOPTION_WAIT_S = 60.0
 
 
 def prepare(ctx: Node, report: RunReport) -> RunReport:
-    """Read the tool from the registry, clone its data repository on first use and hand the data
-    directory to the tool's user. The report records the commit the tool runs on and each
-    failed try of git; git's own retries are bounded (`gitcmd.GitLimits`), so a data
-    repository host that cannot be read fails the run at once instead of the step's retries.
+    """Read the tool from the registry, clone its data repository on first use (else refresh the
+    clone: `dataplane.sync`) and hand the data directory to the tool's user. The report records
+    the commit the tool runs on and each failed try of git; git's own retries are bounded
+    (`gitcmd.GitLimits`), so a data repository host that cannot be read fails the run at once
+    instead of the step's retries.
 
     The run's limits (timeout, memory, CPUs) are the tool's, else the node's defaults; a tool
     asking for more than this node's maxima fails the run before anything is cloned."""
@@ -39,19 +40,12 @@ def prepare(ctx: Node, report: RunReport) -> RunReport:
     data_dir = datasets.local_path(conf.importdir, tool.name)
     tries: list[str] = []
     try:
-        datasets.ensure_clone(
-            tool.data_repo,
-            data_dir,
-            credentials=conf.git_credentials_file,
-            branch=tool.branch,
-            limits=gitcmd.GitLimits.from_settings(conf),
-            tries=tries,
-        )
+        head = dataplane.sync(tool, conf, tries=tries)
     except gitcmd.GitUnavailable as e:
         return report.updated(git_tries=tries).failed(str(e))
     datasets.hand_over(data_dir, *conf.tool_uid_gid)
     return report.updated(
-        data_commit=datasets.head_commit(data_dir),
+        data_commit=head,
         git_tries=tries,
         started_at=utcnow(),
         timeout_s=limits.timeout_s,
@@ -61,7 +55,7 @@ def prepare(ctx: Node, report: RunReport) -> RunReport:
         data_dir=str(data_dir),
         spike_window=tool.spike_window or conf.spike_window,
         spike_threshold_pct=tool.spike_threshold_pct or conf.spike_threshold_pct,
-        control_files_before=spike.list_control_names(data_dir),
+        control_marker=spike.control_marker(data_dir),
     )
 
 
@@ -131,6 +125,7 @@ def run(ctx: Node, report: RunReport) -> RunReport:
         container_name=outcome.container_name,
         exit_code=outcome.exit_code,
         log_tail=outcome.log_tail,
+        image_digest=outcome.image_id,
     )
     if outcome.failure is not None:  # containers.judge: timeout, memory, signal or exit code
         return report.failed(outcome.failure)
@@ -176,15 +171,16 @@ def adopted_outcome(ctx: Node, report: RunReport) -> RunReport:
 
 
 def detect(ctx: Node, report: RunReport) -> RunReport:
-    """Read the control files and apply the spike rule; fail the run when the tool, though it
-    exited 0, wrote no new control file (most often: it cannot write its data directory)."""
+    """Read the control files and apply the spike rule, commit what the run wrote (`commit`);
+    fail the run when the tool, though it exited 0, wrote no new control file (most often: it
+    cannot write its data directory)."""
     result = spike.detect_spike(
         Path(report.data_dir),
         window=report.spike_window,
         threshold_pct=report.spike_threshold_pct,
-        seen_before=report.control_files_before,
+        before=report.control_marker,
     )
-    report = report.updated(spike=result)
+    report = commit(ctx, report.updated(spike=result))
     if not result.new_files:
         return report.failed(
             f"the tool wrote no new control file in {containers.DATA_MOUNT} (it runs as uid:gid "
@@ -194,8 +190,53 @@ def detect(ctx: Node, report: RunReport) -> RunReport:
     return report
 
 
+def commit(ctx: Node, report: RunReport) -> RunReport:
+    """Commit what the run changed in its data directory, as the node, the run's provenance in
+    the commit's trailers (`dataplane.run_trailers`); the report records the commit.
+
+    Raises:
+        InvalidInput: git could not commit (its reason).
+    """
+    made = dataplane.commit_run(
+        Path(report.data_dir),
+        identity=dataplane.Identity.of_node(ctx.settings.node_id),
+        trailers=dataplane.run_trailers(report),
+    )
+    return report.updated(run_commit=made)
+
+
+def push(ctx: Node, report: RunReport) -> RunReport:
+    """Push the data directory's commits to the tool's push branch when the tool or the node
+    pushes (`dataplane.push_branch`); the report records the branch or why the push failed (a
+    failed push does not fail the run: the next run's push carries the commits). A tool
+    removed since the run started is not pushed."""
+    try:
+        tool = ctx.registry.tools.get(report.tool)
+    except NotFound:
+        return report
+    conf = ctx.settings
+    try:
+        branch = dataplane.push_branch(tool, conf)
+        if branch is None:
+            return report
+        dataplane.push(
+            Path(report.data_dir),
+            ref=branch,
+            url=tool.data_repo,
+            branch=tool.branch,
+            identity=dataplane.Identity.of_node(conf.node_id),
+            credentials=conf.git_credentials_file,
+            limits=gitcmd.GitLimits.from_settings(conf),
+        )
+    except MaoError as e:
+        return report.updated(push_error=str(e))
+    return report.updated(pushed_to=branch)
+
+
 def publish(ctx: Node, report: RunReport) -> RunReport:
-    """On a spike, publish the run's notification to etcd (once per run); end the run."""
+    """Push the run's commit (`push`); on a spike, publish the run's notification to etcd (once
+    per run); end the run."""
+    report = push(ctx, report)
     result = report.spike
     key = None
     if result is not None and result.spike and result.latest is not None:

@@ -6,6 +6,8 @@ time), `mao:lock:<tool>` (the run id holding the tool, with a time to live), `ma
 id>` (a step of a dead worker resumed by recovery.py, kept a day so it is resumed once),
 `mao:log:<run_id>` (the container's output, its last `LOG_MAX_BYTES` bytes) and
 `mao:logcut:<run_id>` (how many bytes were cut from its start), deleted with the run's record.
+Each write of a run's record (`save`, `cancel`) is published on the channel
+`mao:changed:<run_id>` (its new status), so `wait` wakes at once instead of polling.
 
 A record that cannot be read (wrong Redis type, not JSON, not a valid report) is skipped with a
 warning by listings and sweeps (`InvalidRecord`) and is `InvalidState` (naming its key) for a
@@ -44,6 +46,8 @@ LOCK_KEY = "mao:lock:"
 RESUMED_KEY = "mao:resumed:"
 LOG_KEY = "mao:log:"
 LOG_CUT_KEY = "mao:logcut:"
+CHANGED_CHANNEL = "mao:changed:"
+"""Pub/sub channel prefix: `mao:changed:<run_id>` carries the new status of each write."""
 LOG_MAX_BYTES = 1 << 20
 """Most bytes of a run's container output kept (the last ones): 1 MiB per run."""
 """What a run id (models.validate_run_id) or a prefix of one looks like: no glob character."""
@@ -85,8 +89,10 @@ return false
 """
 
 # Store a run's report unless its stored record says it was cancelled (a cancelled run stays so,
-# whatever a step still under way or the recovery writes after it). Returns 1 when written.
-_SAVE = """
+# whatever a step still under way or the recovery writes after it); a run that ended releases its
+# tool's lock KEYS[2] in the same step, when it holds it. Returns 1 when written.
+_SAVE = f"""
+local terminal = {{{_TERMINAL_LUA}}}
 if redis.call('TYPE', KEYS[1])['ok'] == 'string' and ARGV[2] ~= 'cancelled' then
   local ok, run = pcall(cjson.decode, redis.call('GET', KEYS[1]))
   if ok and type(run) == 'table' and run['status'] == 'cancelled' then
@@ -94,6 +100,9 @@ if redis.call('TYPE', KEYS[1])['ok'] == 'string' and ARGV[2] ~= 'cancelled' then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1])
+if terminal[ARGV[2]] and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+end
 return 1
 """
 
@@ -193,11 +202,16 @@ class RunStore:
         """
 
         def write() -> bool:
-            key = RUN_KEY + report.run_id
-            if not self._save(keys=[key], args=[report.model_dump_json(), str(report.status)]):
+            key, lock = RUN_KEY + report.run_id, _lock_key(report.tool)
+            status = str(report.status)
+            written = self._save(
+                keys=[key, lock], args=[report.model_dump_json(), status, report.run_id]
+            )
+            if not written:
                 return False
             if report.status in TERMINAL_STATUSES:
-                self._end(report)
+                self._trim(report.tool)
+            self._redis.publish(CHANGED_CHANNEL + report.run_id, status)
             return True
 
         return self._call(write, self._tool_keys(report.tool))
@@ -229,6 +243,8 @@ class RunStore:
                         done = report.cancel(by)
                         pipe.multi()
                         pipe.set(key, done.model_dump_json())
+                        lock = _lock_key(report.tool)
+                        self._release(keys=[lock], args=[run_id], client=pipe)
                         pipe.execute()
                         return done, True
                     except redis.WatchError:
@@ -237,8 +253,9 @@ class RunStore:
         report, cancelled = self._call(mark, {key: STRING})
         if report is None:
             raise NotFound(f"run {run_id!r} is not known on this node")
-        if cancelled:  # the record is written: release the tool's lock, trim the history
-            self._call(lambda: self._end(report), self._tool_keys(report.tool))
+        if cancelled:  # the record is written and the lock released: trim the history, tell
+            self._call(lambda: self._trim(report.tool), self._tool_keys(report.tool))
+            self._call(lambda: self._redis.publish(CHANGED_CHANNEL + run_id, str(report.status)))
         return report, cancelled
 
     def append_log(self, run_id: str, data: bytes, max_bytes: int = LOG_MAX_BYTES) -> None:
@@ -293,12 +310,6 @@ class RunStore:
     def _tool_keys(self, tool: str) -> dict[str, str]:
         """The Redis types of `tool`'s lock and run index (for `_call`)."""
         return {_lock_key(tool): STRING, _runs_key(tool): ZSET}
-
-    def _end(self, report: RunReport) -> None:
-        """What follows the record of an ended run: its tool's lock released (when the run
-        holds it), the tool's history trimmed."""
-        self._release(keys=[_lock_key(report.tool)], args=[report.run_id])
-        self._trim(report.tool)
 
     def _trim(self, tool: str) -> None:
         runs_key = _runs_key(tool)
@@ -528,8 +539,9 @@ class RunStore:
     def wait(
         self, run_id: str, until: Callable[[RunReport], bool], timeout_s: float, poll_s: float = 0.5
     ) -> RunReport:
-        """Poll run `run_id` until `until(report)` holds or `timeout_s` seconds pass; return the
-        last report read.
+        """Read run `run_id` until `until(report)` holds or `timeout_s` seconds pass; return the
+        last report read. Each write of the record published on `mao:changed:<run_id>` (`save`,
+        `cancel`) wakes the wait at once; without one it reads again every `poll_s` seconds.
 
         Raises:
             NotFound: no such run.
@@ -537,10 +549,13 @@ class RunStore:
             ServiceUnavailable: Redis did not answer.
         """
         deadline = time.monotonic() + timeout_s
-        report = self.get(run_id)
-        while not until(report) and time.monotonic() < deadline:
-            time.sleep(poll_s)
-            report = self.get(run_id)
+        changes = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        with changes:
+            self._call(lambda: changes.subscribe(CHANGED_CHANNEL + run_id))
+            report = self.get(run_id)  # read after subscribing: no write falls between
+            while not until(report) and (left := deadline - time.monotonic()) > 0:
+                self._call(functools.partial(changes.get_message, timeout=min(poll_s, left)))
+                report = self.get(run_id)
         return report
 
     def close(self) -> None:

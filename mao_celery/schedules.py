@@ -23,6 +23,10 @@ once, and its next fire counts from then. While beat runs but no worker does, th
 queue up; those of a daily, weekly or interval schedule expire after one period, so a returning
 worker finds at most one (a cron entry's do not expire; the tool's lock makes the extra ones
 skip while it runs). `resume` does not make up the fires missed while paused.
+
+At scale (issue 14: 10,000 schedules): a paused entry is parked in RedBeat's index (`PARKED`),
+so a beat tick reads only the due entries and the next one; `list_all` reads every entry's fields
+in pipelined HMGETs (`READ_BATCH` entries per round trip) and computes each next fire once.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import redis
 from celery import Celery
@@ -69,6 +73,22 @@ return 1
 """
 """Record a fire on an existing entry only (a removed schedule stays removed); the first
 attempt's time is kept across retries of the same fire."""
+PARKED = -1
+"""The index score of a paused entry: RedBeat reads only scores from 0 up to now, so beat does
+not read a paused entry on every tick (RedBeat would: it leaves an overdue paused entry due)."""
+PARK_IF_PAUSED = f"""
+local definition = redis.call('hget', KEYS[1], 'definition')
+if definition and cjson.decode(definition).enabled == false then
+  redis.call('zadd', KEYS[2], {PARKED}, KEYS[1])
+end
+"""
+"""Park entry KEYS[1] in the index KEYS[2] if it is (still) paused: a resume between beat's
+read and this script is not undone."""
+
+FIELDS = ("definition", "meta", SPEC_FIELD, LAST_RUN_ID, LAST_FIRED_AT, LAST_OUTCOME)
+"""The fields of an entry a listing reads."""
+READ_BATCH = 500
+"""Entries read per Redis round trip by a listing."""
 
 State = Literal["active", "paused", "invalid"]
 
@@ -112,9 +132,13 @@ class ScheduleEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
         """The definition's JSON, decoded."""
         return json.loads(definition, cls=ScheduleJSONDecoder)
 
+    check_on_read: ClassVar[bool] = True
+    """`from_key` checks that the entry's schedule answers `is_due` (what beat asks first)."""
+
     @classmethod
     def from_key(cls, key: str, app: Celery | None = None) -> ScheduleEntry:
-        """The entry stored at `key`.
+        """The entry stored at `key` (one Redis read); with `check_on_read`, its schedule must
+        answer `is_due`.
 
         Raises:
             KeyError: there is no entry at `key`.
@@ -122,17 +146,57 @@ class ScheduleEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
             redis.RedisError: Redis did not answer.
         """
         try:
-            entry: ScheduleEntry = super().from_key(key, app=app)
-            entry.is_due()  # what beat calls first: a schedule that cannot answer is invalid
-        except KeyError:
-            raise
+            definition, meta = get_redis(app).hmget(key, "definition", "meta")
         except redis.ResponseError as e:
-            if "WRONGTYPE" not in str(e):
-                raise
-            raise InvalidState(key, "not a hash (wrong Redis type)") from e
-        except (ValueError, TypeError, AttributeError, LookupError, InvalidInput) as e:
-            raise InvalidState(key, f"{type(e).__name__}: {e}") from e
+            raise _wrong_type(key, e) from e
+        entry = cls.from_fields(key, definition, meta, app)
+        if cls.check_on_read:
+            _checked(key, entry.is_due)
         return entry
+
+    @classmethod
+    def from_fields(
+        cls, key: str, definition: str | None, meta: str | None, app: Celery | None
+    ) -> ScheduleEntry:
+        """The entry of the `definition` and `meta` fields read from `key` (no Redis call).
+
+        Raises:
+            KeyError: no definition (no entry at `key`).
+            InvalidState: the fields cannot be read.
+        """
+        if not definition:
+            raise KeyError(key)
+
+        def build() -> ScheduleEntry:
+            fields = cls.decode_definition(definition)
+            stored = cls.decode_meta(meta)
+            entry = cls(app=app, **(fields | stored))
+            # celery's ScheduleEntry sets last_run_at to now; RedBeat's from_key does the same
+            entry.last_run_at = stored["last_run_at"]
+            return entry
+
+        return _checked(key, build)
+
+
+UNREADABLE = (ValueError, TypeError, AttributeError, LookupError, InvalidInput)
+"""What stored data that is not a valid entry makes decoding it or asking its schedule raise."""
+
+
+def _checked(key: str, read: Callable[[], T]) -> T:
+    """`read()`, whatever stored data makes it fail (`UNREADABLE`) raised as `InvalidState`
+    naming `key`."""
+    try:
+        return read()
+    except UNREADABLE as e:
+        raise InvalidState(key, f"{type(e).__name__}: {e}") from e
+
+
+def _wrong_type(key: str, error: Exception) -> Exception:
+    """What an error answered for entry `key` means: `InvalidState` for Redis's WRONGTYPE (the
+    key is not a hash), else the error itself."""
+    if not isinstance(error, redis.ResponseError) or "WRONGTYPE" not in str(error):
+        return error
+    return InvalidState(key, "not a hash (wrong Redis type)")
 
 
 class ScheduleInfo(BaseModel):
@@ -219,7 +283,28 @@ class ScheduleStore:
     def list_all(self, runs: RunStore) -> list[ScheduleInfo]:
         """The tool schedules, by tool name, invalid ones included, each with its newest fire
         and that fire's run in `runs`."""
-        return self._call(lambda: [self._info(tool, runs) for tool in self._tools()])
+        return self.list_page(runs)[0]
+
+    def list_page(
+        self, runs: RunStore, after: str | None = None, limit: int | None = None
+    ) -> tuple[list[ScheduleInfo], str | None]:
+        """`list_all`'s schedules whose tool name sorts after `after` (None: from the first), at
+        most `limit` of them (None: all), and the name to pass as `after` for the next page
+        (None: no more). Only the entries of the page are read.
+
+        Raises:
+            ValueError: `limit` is below 1.
+        """
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit {limit} is below 1")
+
+        def read() -> tuple[list[ScheduleInfo], str | None]:
+            tools = [tool for tool in self._tools() if after is None or tool > after]
+            shown = tools if limit is None else tools[:limit]
+            more = shown[-1] if len(shown) < len(tools) else None
+            return self._infos(shown, runs), more
+
+        return self._call(read)
 
     def record_fire(self, tool: str, run_id: str, outcome: str) -> None:
         """Note on `tool`'s entry (if it still has one) that the fire `run_id` is being handled:
@@ -275,7 +360,9 @@ class ScheduleStore:
             entry = self._load(tool)
         except InvalidState:
             return "an invalid entry"
-        return None if entry is None else str(self._spec(entry.key).get("description"))
+        if entry is None:
+            return None
+        return str(_spec(self._redis.hget(entry.key, SPEC_FIELD)).get("description"))
 
     def _remove(self, tool: str) -> None:
         key = self.key(tool)
@@ -292,7 +379,9 @@ class ScheduleStore:
         definition["enabled"] = not paused
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(entry.key, "definition", json.dumps(definition))
-            if not paused:
+            if paused:
+                pipe.zadd(self._conf.schedule_key, {entry.key: PARKED})
+            else:
                 now = datetime.now(UTC)
                 entry.last_run_at = now
                 meta = {"last_run_at": now, "total_run_count": entry.total_run_count}
@@ -304,7 +393,7 @@ class ScheduleStore:
 
     def _upcoming(self, tool: str, count: int) -> tuple[ScheduleInfo, list[datetime]]:
         entry = self._existing(tool)
-        info = self._describe(tool, entry, None)
+        info = self._info(tool, None)
         if not entry.enabled:
             return info, []
         first = next_run_at(entry, datetime.now(UTC))
@@ -312,29 +401,48 @@ class ScheduleStore:
 
     def _info(self, tool: str, runs: RunStore | None) -> ScheduleInfo:
         """`tool`'s schedule for people; the last fire's result is read from `runs` if given."""
+        (info,) = self._infos([tool], runs)
+        return info
+
+    def _infos(self, tools: list[str], runs: RunStore | None) -> list[ScheduleInfo]:
+        """`_info` of each of `tools`, their entries read `READ_BATCH` per round trip."""
+        now = datetime.now(UTC)
+        infos: list[ScheduleInfo] = []
+        for first in range(0, len(tools), READ_BATCH):
+            batch = tools[first : first + READ_BATCH]
+            with self._redis.pipeline(transaction=False) as pipe:
+                for tool in batch:
+                    pipe.hmget(self.key(tool), *FIELDS)
+                answers = pipe.execute(raise_on_error=False)
+            infos += [
+                self._stored_info(tool, answer, runs, now)
+                for tool, answer in zip(batch, answers, strict=True)
+            ]
+        return infos
+
+    def _stored_info(
+        self, tool: str, answer: list[str | None] | Exception, runs: RunStore | None, now: datetime
+    ) -> ScheduleInfo:
+        """`_info` of `tool` from the `FIELDS` of its entry (`answer`, an HMGET's) at `now`."""
         key = self.key(tool)
         try:
-            entry = self._load(tool)
+            if isinstance(answer, Exception):
+                raise _wrong_type(key, answer)
+            definition, meta, spec, run_id, fired_at, outcome = answer
+            entry = ScheduleEntry.from_fields(key, definition, meta, self.app)
+            next_at = _checked(key, lambda: next_run_at(entry, now)) if entry.enabled else None
+        except KeyError:
+            return ScheduleInfo(tool=tool, key=key, state="invalid", error="only in the index")
         except InvalidState as e:
             return ScheduleInfo(tool=tool, key=key, state="invalid", error=e.reason)
-        if entry is None:
-            return ScheduleInfo(tool=tool, key=key, state="invalid", error="only in the index")
-        return self._describe(tool, entry, runs)
-
-    def _describe(self, tool: str, entry: ScheduleEntry, runs: RunStore | None) -> ScheduleInfo:
-        """`_info` of `tool`'s entry `entry`, already loaded."""
-        key = self.key(tool)
-        spec = self._spec(key)
-        tz = str(spec.get("tz") or getattr(entry.schedule, "tz_name", "UTC"))
-        next_at = next_run_at(entry, datetime.now(UTC)) if entry.enabled else None
-        last = self._redis.hmget(key, LAST_RUN_ID, LAST_FIRED_AT, LAST_OUTCOME)
-        run_id, fired_at, outcome = last
+        user_spec = _spec(spec)
+        tz = str(user_spec.get("tz") or getattr(entry.schedule, "tz_name", "UTC"))
         return ScheduleInfo(
             tool=tool,
             key=key,
             state="active" if entry.enabled else "paused",
-            schedule=str(spec.get("description") or entry.schedule),
-            explained=str(spec.get("explained") or explain(entry.schedule)),
+            schedule=str(user_spec.get("description") or entry.schedule),
+            explained=str(user_spec.get("explained") or explain(entry.schedule)),
             tz=tz,
             next_run_at=next_at,
             next_run_local=next_at.astimezone(zone(tz)) if next_at else None,
@@ -383,15 +491,6 @@ class ScheduleStore:
             raise NotFound(f"tool {tool!r} has no schedule on this node")
         return entry
 
-    def _spec(self, key: str) -> dict[str, Any]:
-        """The user's spec stored with the entry at `key` (empty for an entry made elsewhere
-        or an unreadable spec: the schedule itself is then shown)."""
-        try:
-            spec = json.loads(self._redis.hget(key, SPEC_FIELD) or "{}")
-        except ValueError:
-            return {}
-        return spec if isinstance(spec, dict) else {}
-
     @cached_property
     def _conf(self) -> RedBeatConfig:
         """RedBeat's settings of the app (its key prefix and schedule key)."""
@@ -405,6 +504,16 @@ class ScheduleStore:
     def _call(self, operation: Callable[[], T]) -> T:
         """`operation()`, a Redis error turned into ServiceUnavailable naming RedBeat's Redis."""
         return redis_call(str(self.app.conf.redbeat_redis_url), operation)
+
+
+def _spec(raw: str | None) -> dict[str, Any]:
+    """The user's spec stored with an entry (`SPEC_FIELD`'s value `raw`); empty for an entry
+    made elsewhere or an unreadable spec: the schedule itself is then shown."""
+    try:
+        spec = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return spec if isinstance(spec, dict) else {}
 
 
 def entry_name(tool: str) -> str:

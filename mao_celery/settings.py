@@ -11,14 +11,16 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shlex
 import socket
 import tomllib
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -42,6 +44,8 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 ETCD_HOST_RE = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
 BEAT_MAX_LOOP_INTERVAL_S = 5
 """Seconds between two beat ticks at most: the beat lock's timeout must be longer."""
+SINCE_DURATION_RE = re.compile(r"(?P<count>[0-9]{1,9})(?P<unit>[smhd])")
+SINCE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # MAO_TOOL_USER: numeric uid:gid (names would need the image's /etc/passwd).
 TOOL_USER_RE = re.compile(r"(?P<uid>[0-9]{1,10}):(?P<gid>[0-9]{1,10})")
 
@@ -122,6 +126,14 @@ class Settings(BaseSettings):
     etcd_endpoints: Annotated[list[str], NoDecode] = ["127.0.0.1:2379"]
     etcd_prefix: str = "/mao/"
     etcd_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    # etcd authentication and TLS (README "Joining a federation"); TLS is on when a CA or a
+    # client certificate is set (no CA: the system's roots).
+    etcd_user: str | None = Field(default=None, min_length=1)
+    etcd_password: SecretStr | None = None
+    etcd_password_file: Path | None = None
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     importdir: Path = DEFAULT_IMPORTDIR
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
@@ -140,12 +152,25 @@ class Settings(BaseSettings):
     git_timeout_s: float = Field(default=300.0, gt=0, le=24 * 3600)
     git_low_speed_limit_bps: int = Field(default=1000, ge=1, le=1 << 40)
     git_low_speed_time_s: int = Field(default=30, ge=1, le=3600)
+    git_push: bool = False  # push every tool's run commits (dataplane.push_branch)
     run_history: int = Field(default=50, ge=1, le=100_000)
     notification_retention_s: int = Field(default=30 * 24 * 3600, ge=60, le=ETCD_MAX_LEASE_TTL_S)
     broker_visibility_timeout_s: TimeoutS | None = None
     heartbeat_interval_s: float = Field(default=10.0, gt=0, le=3600)
     member_ttl_s: int = Field(default=30, ge=2, le=ETCD_MAX_LEASE_TTL_S)
     beat_lock_timeout_s: int = Field(default=30, gt=BEAT_MAX_LOOP_INTERVAL_S, le=3600)
+    scheduled_retry_backoff_s: float = Field(default=2.0, gt=0, le=3600)
+    # The worker machine: its host queue and importdir (ARCHITECTURE.md, "One run, one machine").
+    worker_host: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    host_lost_after_s: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
+    # Container steps waited on at once by the machine's container worker (threads; worker.sh):
+    # 100 long tools leave room for short ones; 0: no container worker, the worker's own pool
+    # processes take them (one each).
+    container_slots: int = Field(default=128, ge=0, le=1000)
+    # Notifications (periodic.py) and alerts to people (alerts.py).
+    listener_since: str = "now"
+    notify_urls: Annotated[list[str], NoDecode] = []
+    notify_command: str | None = None
 
     @field_validator("etcd_endpoints", "tool_networks_allowed", mode="before")
     @classmethod
@@ -193,6 +218,32 @@ class Settings(BaseSettings):
             raise ValueError(f"{redact_url(value)!r}: the port must be 1-65535")
         return value
 
+    @field_validator("notify_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        return value.split() if isinstance(value, str) else value
+
+    @field_validator("notify_urls")
+    @classmethod
+    def _check_notify_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", url):
+                raise ValueError(f"notify URL {mask_notify_url(url)!r} is not an apprise URL")
+        return value
+
+    @field_validator("notify_command")
+    @classmethod
+    def _check_notify_command(cls, value: str | None) -> str | None:
+        if value is not None:
+            notify_argv(value)
+        return value
+
+    @field_validator("listener_since")
+    @classmethod
+    def _check_since(cls, value: str) -> str:
+        since_start(value, datetime.now(UTC))
+        return value
+
     @field_validator("run_cpus", "run_cpus_max")
     @classmethod
     def _check_cpus(cls, value: float | None) -> float | None:
@@ -227,7 +278,7 @@ class Settings(BaseSettings):
         uid, gid = self.tool_user.split(":")
         return int(uid), int(gid)
 
-    @field_validator("node_id")
+    @field_validator("node_id", "worker_host")
     @classmethod
     def _check_node_id(cls, value: str) -> str:
         return validate_node_id(value)
@@ -247,6 +298,46 @@ class Settings(BaseSettings):
                 f"{self.heartbeat_interval_s:g}, or a live node drops out of the members"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_etcd_security(self) -> Settings:
+        if self.etcd_password is not None and self.etcd_password_file is not None:
+            raise ValueError("set etcd_password or etcd_password_file, not both")
+        has_password = self.etcd_password is not None or self.etcd_password_file is not None
+        if has_password != (self.etcd_user is not None):
+            raise ValueError(
+                "etcd_user needs etcd_password (or etcd_password_file), and a password a user"
+            )
+        if (self.etcd_cert is None) != (self.etcd_key is None):
+            raise ValueError("etcd_cert and etcd_key go together (the client certificate)")
+        return self
+
+    @property
+    def etcd_tls(self) -> bool:
+        """Whether etcd is reached over TLS: a CA or a client certificate is set."""
+        return self.etcd_ca is not None or self.etcd_cert is not None
+
+    def etcd_password_value(self) -> str | None:
+        """The etcd password: `MAO_ETCD_PASSWORD`, else the first line of
+        `MAO_ETCD_PASSWORD_FILE` (read at each call, so a new password needs no restart), else
+        None.
+
+        Raises:
+            InvalidInput: the password file cannot be read; the message names the setting.
+        """
+        if self.etcd_password is not None:
+            return self.etcd_password.get_secret_value()
+        if self.etcd_password_file is None:
+            return None
+        try:
+            text = self.etcd_password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInput(
+                f"MAO_ETCD_PASSWORD_FILE {self.etcd_password_file} cannot be read: "
+                f"{getattr(e, 'strerror', None) or e}"
+            ) from e
+        lines = text.splitlines()
+        return lines[0] if lines else ""
 
     @model_validator(mode="after")
     def _check_maxima(self) -> Settings:
@@ -327,9 +418,10 @@ class Settings(BaseSettings):
 
     def effective_values(self) -> dict[str, Any]:
         """The settings as JSON data with the derived values filled in (the visibility timeout,
-        the maxima, the CPU default) and passwords in URLs masked."""
+        the maxima, the CPU default), passwords in URLs and the etcd password masked."""
         values = self.model_dump(mode="json")
         values["redis_url"] = redact_url(values["redis_url"])
+        values["notify_urls"] = [mask_notify_url(url) for url in self.notify_urls]
         values["broker_visibility_timeout_s"] = self.visibility_timeout_s
         values["run_timeout_max_s"] = self.timeout_max_s
         values["run_memory_max_bytes"] = self.memory_max_bytes
@@ -348,6 +440,48 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = init_settings().get("config") or os.environ.get("MAO_CONFIG")
         return init_settings, env_settings, _ConfigFileSource(settings_cls, path)
+
+
+def mask_notify_url(url: str) -> str:
+    """An apprise URL as shown to people: its scheme only (tokens and passwords sit anywhere
+    in such URLs), e.g. `slack://...`."""
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://..." if sep else "..."
+
+
+def notify_argv(command: str) -> list[str]:
+    """`MAO_NOTIFY_COMMAND` split into argv as a POSIX shell would (no shell runs it).
+
+    Raises:
+        ValueError: the command is empty or its quotes do not close.
+    """
+    argv = shlex.split(command)
+    if not argv:
+        raise ValueError("the notify command is empty")
+    return argv
+
+
+def since_start(value: str, now: datetime) -> datetime | None:
+    """Where a new node's listener starts (`MAO_LISTENER_SINCE`), at time `now` (aware): "now"
+    gives `now`; "all" gives None (every notification retained); a duration `<N>s|m|h|d` gives
+    that long before `now`; an ISO 8601 date or time (naive: UTC) gives that time.
+
+    Raises:
+        ValueError: `value` is none of these.
+    """
+    if value in ("now", "all"):
+        return now if value == "now" else None
+    match = SINCE_DURATION_RE.fullmatch(value)
+    if match:
+        return now - timedelta(seconds=int(match["count"]) * SINCE_UNITS_S[match["unit"]])
+    try:
+        since = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"listener start {value!r} is not now, all, a duration (e.g. 2h, 7d) or an ISO "
+            "date (e.g. 2025-01-31)"
+        ) from None
+    return since if since.tzinfo else since.replace(tzinfo=UTC)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -3,23 +3,34 @@
 Pure: no network, no Docker; the only I/O is listing one data directory and reading the
 control files in it. The rule is the original MAO's: baseline = mean of the `window` values
 before the latest, gain % = (latest / baseline - 1) x 100, spike when |gain| > threshold.
+
+A directory may hold 100,000 control files: it is listed once (`os.scandir`), the newest are
+picked with `heapq.nlargest` (not a full sort) and only they are read; a result lists the few
+names it used, and counts the rest (`SpikeResult`).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import re
-from collections.abc import Collection, Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mao_celery.exceptions import InvalidInput, NotFound
-from mao_celery.models import InvalidControlFile, SpikeResult
+from mao_celery.models import ControlMarker, InvalidControlFile, SpikeResult
 from mao_celery.text import format_gain_pct
 
 CONTROL_PREFIX = "control-"
 CONTROL_SUFFIX = ".csv"
 MAX_CONTROL_FILE_BYTES = 4096
+INVALID_READS_MAX = 20
+"""Invalid control files one detection reads (and reports) before it stops reading."""
+LISTED_MAX = 10
+"""Names of new control files, and of ignored entries, a result lists (the newest)."""
 
 # A plain decimal number, as a person or a tool writes one: no underscores, no "nan"/"inf" words.
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -42,6 +53,51 @@ def _is_control_name(name: str) -> bool:
 
 def _value_part(name: str) -> str:
     return name[len(CONTROL_PREFIX) : -len(CONTROL_SUFFIX)]
+
+
+def _control_name(part: str) -> str:
+    return f"{CONTROL_PREFIX}{part}{CONTROL_SUFFIX}"
+
+
+def _number(part: str) -> float | None:
+    """`_finite_number(part)`, quicker for the usual plain ASCII digits (`control-123.csv`)."""
+    if part.isascii() and part.isdigit():
+        value = float(part)
+        return value if math.isfinite(value) else None
+    return _finite_number(part)
+
+
+def _numbers(parts: Iterable[str]) -> dict[str, float | None]:
+    """Each value part with its number (None: not a finite decimal number)."""
+    return {part: _number(part) for part in parts}
+
+
+Key = tuple[float, str]
+"""Where a value part sorts in detection order: (its number, itself) when every value part of
+the set is a number, else (0.0, itself): by string."""
+
+
+def _order_keys(numbers: dict[str, float | None]) -> dict[str, Key]:
+    """The detection-order key of each value part of `numbers` (see `order_control_names`)."""
+    if any(number is None for number in numbers.values()):
+        return {part: (0.0, part) for part in numbers}
+    return {part: (number or 0.0, part) for part, number in numbers.items()}
+
+
+def _newest_first(keys: Sequence[Key], first: int) -> Iterator[Key]:
+    """`keys` from the largest down, selected by `heapq.nlargest` in batches (`first`, then
+    twice as many each time more are asked for) instead of sorting all of them."""
+    taken, count = 0, max(first, 1)
+    while taken < len(keys):
+        batch = heapq.nlargest(count, keys)
+        yield from batch[taken:]
+        taken, count = len(batch), count * 2
+
+
+def _newest_names(keys: dict[str, Key], parts: Iterable[str]) -> list[str]:
+    """The control file names of the `LISTED_MAX` largest of `parts` by `keys`, oldest first."""
+    newest = heapq.nlargest(LISTED_MAX, (keys[part] for part in parts))
+    return [_control_name(part) for _, part in reversed(newest)]
 
 
 def _preview(text: str) -> str:
@@ -68,11 +124,8 @@ def order_control_names(names: Iterable[str]) -> list[str]:
             raise InvalidInput(
                 f"not a control file name: {_preview(name)}; expected control-<value>.csv"
             )
-    parts = {name: _value_part(name) for name in names}
-    numbers = {name: _finite_number(part) for name, part in parts.items()}
-    if all(number is not None for number in numbers.values()):
-        return sorted(names, key=lambda name: (numbers[name], parts[name]))
-    return sorted(names, key=parts.__getitem__)
+    keys = _order_keys(_numbers(_value_part(name) for name in names))
+    return sorted(names, key=lambda name: keys[_value_part(name)])
 
 
 def parse_control_value(text: str) -> float:
@@ -102,6 +155,16 @@ def parse_control_value(text: str) -> float:
     return value
 
 
+def _check_settings(window: int, threshold_pct: float) -> None:
+    """Raises InvalidInput: window is below 1, or threshold_pct is negative or not finite."""
+    if window < 1:
+        raise InvalidInput(f"spike window {window} is invalid: use 1 or more values")
+    if not (math.isfinite(threshold_pct) and threshold_pct >= 0):
+        raise InvalidInput(
+            f"spike threshold {threshold_pct}% is invalid: use a finite percent >= 0"
+        )
+
+
 def evaluate(
     values: Sequence[float], *, window: int, threshold_pct: float
 ) -> tuple[float | None, float | None, float | None, bool, str]:
@@ -124,18 +187,19 @@ def evaluate(
     Raises:
         InvalidInput: window is below 1, or threshold_pct is negative or not finite.
     """
-    if window < 1:
-        raise InvalidInput(f"spike window {window} is invalid: use 1 or more values")
-    if not (math.isfinite(threshold_pct) and threshold_pct >= 0):
-        raise InvalidInput(
-            f"spike threshold {threshold_pct}% is invalid: use a finite percent >= 0"
-        )
+    _check_settings(window, threshold_pct)
     if len(values) < window + 1:
         files = "file" if len(values) == 1 else "files"
         reason = f"insufficient data: {len(values)} valid control {files}, need {window + 1}"
         return None, None, None, False, reason
     latest = values[-1]
-    baseline = math.fsum(value / window for value in values[-window - 1 : -1])
+    before = values[-window - 1 : -1]
+    try:
+        baseline = math.fsum(value / window for value in before)
+    except OverflowError:  # partial sums overflow near the float limit; the mean of finite
+        # values cannot, except by rounding: clamped to the largest float
+        total = sum(value / window for value in before)
+        baseline = math.copysign(min(abs(total), sys.float_info.max), total)
     difference = latest - baseline
     if baseline == 0:
         if latest == 0:
@@ -158,20 +222,69 @@ def evaluate(
     )
 
 
-def _control_entries(data_dir: Path) -> dict[str, os.DirEntry[str]]:
-    """The `control-*.csv` entries of `data_dir` (top level only, any kind), by name.
+@dataclass
+class _Listing:
+    """The `control-*.csv` entries of a directory, listed once: `parts` are the value parts of
+    the regular files, `ignored` the names of the other entries (directories, symlinks, ...)."""
+
+    parts: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """How many control entries of any kind."""
+        return len(self.parts) + len(self.ignored)
+
+
+def _list_controls(data_dir: Path) -> _Listing:
+    """List the top-level `control-*.csv` entries of `data_dir` (one `os.scandir` pass).
 
     Raises:
         NotFound: `data_dir` does not exist or is not a directory.
     """
+    listing = _Listing()
     try:
         with os.scandir(data_dir) as entries:
-            return {entry.name: entry for entry in entries if _is_control_name(entry.name)}
+            for entry in entries:  # names tested inline: 100,000 function calls cost 0.1 s
+                name = entry.name
+                if not (name.startswith(CONTROL_PREFIX) and name.endswith(CONTROL_SUFFIX)):
+                    continue
+                if entry.is_file(follow_symlinks=False):
+                    listing.parts.append(name[len(CONTROL_PREFIX) : -len(CONTROL_SUFFIX)])
+                else:
+                    listing.ignored.append(name)
     except (FileNotFoundError, NotADirectoryError) as e:
         raise NotFound(f"data directory {data_dir} not found: prepare the tool's data first") from e
+    return listing
 
 
-def _read_control_file(path: str) -> float:
+def _mtime_ns(path: Path) -> int | None:
+    """The modification time of `path` (not followed if a symlink) in ns, None if it is gone."""
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def control_marker(data_dir: Path) -> ControlMarker:
+    """The marker of `data_dir` before a run: how many regular control files it holds, the
+    newest in detection order and its modification time. `detect_spike` tells the new files
+    with it; the cost is one listing, whatever the number of files.
+
+    Raises:
+        NotFound: `data_dir` does not exist or is not a directory.
+    """
+    parts = _list_controls(data_dir).parts
+    if not parts:
+        return ControlMarker()
+    keys = _order_keys(_numbers(parts))
+    newest = _control_name(max(keys.values())[1])
+    return ControlMarker(
+        files=len(parts), newest=newest, newest_mtime_ns=_mtime_ns(data_dir / newest)
+    )
+
+
+def _read_control_file(path: Path) -> float:
     """The value held by the regular file at `path`, read without following symlinks.
 
     Raises:
@@ -193,68 +306,141 @@ def _read_control_file(path: str) -> float:
     return parse_control_value(text)
 
 
-def list_control_names(data_dir: Path) -> list[str]:
-    """The names of the `control-*.csv` entries of `data_dir` (of any kind), in detection order.
+@dataclass
+class _Reader:
+    """Reads control files of `data_dir` by value part, each at most once; keeps the invalid
+    ones with their reason and stops (`stopped`) after `INVALID_READS_MAX` of them."""
 
-    A run calls this before its container starts, to tell new control files from old ones.
+    data_dir: Path
+    values: dict[str, float | None] = field(default_factory=dict)
+    invalid: list[InvalidControlFile] = field(default_factory=list)
 
-    Raises:
-        NotFound: `data_dir` does not exist or is not a directory.
-    """
-    return order_control_names(_control_entries(data_dir))
+    @property
+    def stopped(self) -> bool:
+        """True once `INVALID_READS_MAX` invalid files were read: read no more."""
+        return len(self.invalid) >= INVALID_READS_MAX
+
+    def value(self, part: str) -> float | None:
+        """The value of control file `control-<part>.csv`, None when it is invalid."""
+        if part not in self.values:
+            name = _control_name(part)
+            try:
+                if not part:
+                    raise InvalidInput("empty value part")
+                self.values[part] = _read_control_file(self.data_dir / name)
+            except InvalidInput as e:
+                self.values[part] = None
+                self.invalid.append(InvalidControlFile(name=name, reason=str(e)))
+        return self.values[part]
+
+
+def _newest_valid(
+    reader: _Reader, numbers: dict[str, float | None], count: int
+) -> list[tuple[str, float]]:
+    """(value part, value) of the `count` newest valid control files, oldest first, read from
+    the newest down. The order is numeric unless a valid file's value part is not a number: the
+    files whose value part is not a number are read first (newest first) until one is valid."""
+    words = [(0.0, part) for part, number in numbers.items() if number is None]
+    by_string = False
+    for _, part in _newest_first(words, 1):
+        if reader.stopped:
+            return []
+        if reader.value(part) is not None:
+            by_string = True
+            break
+    keys: list[Key] = (
+        [(0.0, part) for part in numbers]
+        if by_string
+        else [(number, part) for part, number in numbers.items() if number is not None]
+    )
+    chosen: list[tuple[str, float]] = []
+    for _, part in _newest_first(keys, count):
+        if reader.stopped:
+            break
+        value = reader.value(part)
+        if value is not None:
+            chosen.append((part, value))
+            if len(chosen) == count:
+                break
+    return chosen[::-1]
+
+
+def _new_files(
+    data_dir: Path, numbers: dict[str, float | None], before: ControlMarker
+) -> tuple[int, list[str]]:
+    """How many control files the run wrote (the rule of `detect_spike`) and the names of the
+    newest `LISTED_MAX` of them (`numbers`: each regular control file's value part and number)."""
+    marker = None if before.newest is None else _value_part(before.newest)
+    keys = _order_keys(numbers if marker is None else {**numbers, marker: _number(marker)})
+    if marker is None:
+        new = list(numbers)
+    elif marker in numbers or before.newest_mtime_ns is None:
+        marker_key = keys[marker]
+        new = [part for part, key in keys.items() if key > marker_key]
+        if (
+            marker in numbers
+            and _mtime_ns(data_dir / _control_name(marker)) != before.newest_mtime_ns
+        ):
+            new.append(marker)
+    else:
+        since = before.newest_mtime_ns
+        new = [part for part in numbers if (_mtime_ns(data_dir / _control_name(part)) or 0) > since]
+    return len(new), _newest_names(keys, new)
 
 
 def detect_spike(
-    data_dir: Path, *, window: int, threshold_pct: float, seen_before: Collection[str]
+    data_dir: Path, *, window: int, threshold_pct: float, before: ControlMarker
 ) -> SpikeResult:
-    """Read the control files of `data_dir` and apply the spike rule (see `evaluate`).
+    """Read the newest control files of `data_dir` and apply the spike rule (see `evaluate`).
 
-    Only regular files named `control-<value>.csv` at the top level are read. Directories,
-    symlinks and other entries with such names are listed in `ignored`; files that are not one
+    Only regular files named `control-<value>.csv` at the top level count; other entries with
+    such names are `ignored`. The directory is listed once; the `window` + 1 newest valid files
+    in detection order are read, from the newest down (see `order_control_names`; the order is
+    numeric unless a valid file's value part is not a number). Files on the way that are not one
     finite number (or are unreadable, not UTF-8, larger than 4 KiB, or have an empty value part)
-    are listed in `invalid` with the reason and skipped. `new_files` are the control files
-    (valid or invalid) whose names are not in `seen_before`, the names listed before the
-    container ran; when there are none, `compliance_warning` says so. `window` (number of
-    earlier values averaged) and `threshold_pct` (percent) are as in `evaluate`.
+    are listed in `invalid` with the reason and skipped; after `INVALID_READS_MAX` of them
+    reading stops and the reason says so. `window` (number of earlier values averaged) and
+    `threshold_pct` (percent) are as in `evaluate`.
+
+    New files are told from `before`, the marker `control_marker` took before the container ran,
+    without looking at every file: a control file is new when its name comes after the marker's
+    newest name in detection order (the tool added a newer snapshot), and the marker's file is
+    new itself when its modification time changed (the tool rewrote the latest snapshot). Older
+    files the tool left, rewrote or deleted do not count: rewriting or deleting an old snapshot
+    is not writing a new one. When the marker's file is gone (the tool deleted the newest
+    snapshot), names no longer tell, so then every file modified after it is new (every
+    file's time is read). An empty marker (no file before, or a record of an older version)
+    makes every control file new. When none is new, `compliance_warning` says so.
 
     Raises:
         NotFound: `data_dir` does not exist or is not a directory.
         InvalidInput: window or threshold_pct is invalid (see `evaluate`).
     """
-    entries = _control_entries(data_dir)
-    ignored: list[str] = []
-    invalid: list[InvalidControlFile] = []
-    new_files: list[str] = []
-    valid: dict[str, float] = {}
-    for name in order_control_names(entries):
-        entry = entries[name]
-        if not entry.is_file(follow_symlinks=False):
-            ignored.append(name)
-            continue
-        if name not in seen_before:
-            new_files.append(name)
-        try:
-            if not _value_part(name):
-                raise InvalidInput("empty value part")
-            valid[name] = _read_control_file(entry.path)
-        except InvalidInput as e:
-            invalid.append(InvalidControlFile(name=name, reason=str(e)))
-    files = order_control_names(valid)
-    values = [valid[name] for name in files]
+    _check_settings(window, threshold_pct)
+    listing = _list_controls(data_dir)
+    numbers = _numbers(listing.parts)
+    reader = _Reader(data_dir)
+    used = _newest_valid(reader, numbers, window + 1)
+    values = [value for _, value in used]
     baseline, difference, gain_pct, spike, reason = evaluate(
         values, window=window, threshold_pct=threshold_pct
     )
+    if reader.stopped:
+        reason = f"{reason}; stopped reading after {INVALID_READS_MAX} invalid control files"
+    new_file_count, new_files = _new_files(data_dir, numbers, before)
     warning = None
-    if not new_files:
+    if not new_file_count:
         warning = "the run created no new control file: spike detection used older files only"
     return SpikeResult(
         window=window,
         threshold_pct=threshold_pct,
-        files=files,
+        files=[_control_name(part) for part, _ in used],
         values=values,
-        invalid=invalid,
-        ignored=ignored,
+        invalid=reader.invalid,
+        ignored=order_control_names(listing.ignored)[-LISTED_MAX:],
         new_files=new_files,
+        control_files=listing.count,
+        new_file_count=new_file_count,
         latest=values[-1] if values else None,
         baseline=baseline,
         difference=difference,

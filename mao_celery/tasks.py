@@ -7,6 +7,17 @@ ends, the report says why, and the tool's lock is released. The one exception is
 stays unreachable through a step's retries: nothing can be recorded then, and the tool's lock
 expires after `enqueue.lock_ttl_s`.
 
+All steps of a run are taken on one worker machine: each step sends the rest of its chain to
+its machine's queues (`route_rest`: the container step to its containers queue, taken by the
+machine's thread-pool worker, the others to its host queue), and a step's retries go to its own
+queue there. The first step is sent to the node's shared queue, so the machine that takes it
+binds the run (celery_app.py).
+
+A container worker runs its steps in threads of one process: they share that process's `node()`
+(built once, under a lock). Its clients are safe to share: redis-py's connection pool and gRPC's
+channel (etcd) are thread-safe, and the Docker client's HTTP connection pool is sized for
+`MAO_CONTAINER_SLOTS` steps each holding two connections (its wait and its log stream; node.py).
+
 Every step is idempotent on the run id: a task delivered again (its worker died, or the broker's
 visibility timeout passed) finds its work recorded in the run's stored report and returns that,
 and the container step adopts the run's container instead of starting a second one.
@@ -34,6 +45,7 @@ from mao_celery.enqueue import (
     PUBLISH_NOTIFICATION,
     RUN_CONTAINER,
     RUN_STEPS,
+    step_queue,
 )
 from mao_celery.exceptions import MaoError, ServiceUnavailable
 from mao_celery.models import TERMINAL_STATUSES, RunReport, RunStatus, StepTaker
@@ -49,35 +61,56 @@ RETRY_BACKOFF_MAX_S = 60
 """Celery's exponential backoff of those retries: 1 x 2^n seconds (n = 1, 2, ...), at most 60."""
 
 
-@functools.cache
+_NODE_LOCK = threading.Lock()
+
+
 def node() -> Node:
     """The clients of this worker process, from the node's settings; built on first use, i.e.
-    after the pool has forked (one set per worker process).
+    after the pool has forked (one set per worker process, shared by its threads).
 
     Raises:
         InvalidInput: a setting is invalid.
     """
+    with _NODE_LOCK:
+        return _node()
+
+
+@functools.cache
+def _node() -> Node:
     return Node(load_settings())
 
 
 # ---- the steps -------------------------------------------------------------------------------
 
 
-def taker(task: Task) -> StepTaker:
-    """The worker process running `task` now: its worker's host name, its pid, the task."""
+def taker(task: Task, host: str) -> StepTaker:
+    """The worker process running `task` now: its worker's host name, its machine `host`
+    (`MAO_WORKER_HOST`), its pid, the task."""
     return StepTaker(
         hostname=str(task.request.hostname),
+        host=host,
         pid=os.getpid(),
         task_id=task.request.id,
         step=task.name,
     )
 
 
+def route_rest(task: Task, host: str) -> None:
+    """Send the steps after `task` in its chain to their queues on worker machine `host`
+    (`enqueue.step_queue`). Celery keeps them in `task.request.chain` (signature dicts, the next
+    step last) and, when the task returns, sends the next one with the rest of the list: an
+    option set on each is kept down the chain."""
+    for signature in task.request.chain or ():
+        queue = step_queue(str(signature["task"]), host)
+        signature.setdefault("options", {})["queue"] = queue
+
+
 Work = Callable[[Node, RunReport], RunReport]
 
 
 def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> dict[str, Any]:
-    """Run one step of a run: skip it when the run has failed or the step is already done,
+    """Run one step of a run on this worker machine, and route the rest of the chain to its
+    queues (`route_rest`): skip it when the run has failed or the step is already done,
     record the new status and the worker process taking the step (recovery.py resumes the step
     if that process dies), do `work`, record the result. A task whose step recovery has resumed
     under another task (its message delivered again: a late redelivery, or a requeue after its
@@ -86,14 +119,17 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
     stays so: the step does nothing, or its result is not recorded, and the cancelled report is
     passed on.
 
-    A service that does not answer is retried (Celery retry, 2, 4, 8, ... s apart) up to
-    `STEP_RETRIES` times (the steps' `max_retries`), then fails the run; any other error fails
-    the run at once.
+    A service that does not answer is retried on this machine (a Celery retry sent to its host
+    queue, 2, 4, 8, ... s apart) up to `STEP_RETRIES` times (the steps' `max_retries`), then
+    fails the run; any other error fails the run at once. (A retry goes to the step's own
+    queue on this machine: the containers queue for the container step.)
     """
     report = RunReport.model_validate(state)
     if report.status in TERMINAL_STATUSES:
         return state
     ctx = node()
+    queue = step_queue(task.name, ctx.settings.worker_host)
+    route_rest(task, ctx.settings.worker_host)
     try:
         stored = ctx.runs.get(report.run_id)
         if task.name in stored.steps_done or stored.status in TERMINAL_STATUSES:
@@ -101,7 +137,10 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
         if ctx.runs.was_resumed(task.request.id):
             log.warning("run %s: %s was resumed by another task; ignored", report.run_id, task.name)
             raise Ignore()  # the resumed task's chain carries the run on; this one ends here
-        report = report.updated(status=status, taken_by=taker(task))
+        took = taker(task, ctx.settings.worker_host)
+        report = report.updated(
+            status=status, taken_by=took, takers=[*report.takers, took], host_lost_at=None
+        )
         if not ctx.runs.save(report):  # cancelled since it was read
             return ctx.runs.get(report.run_id).model_dump(mode="json")
         report = work(ctx, report)
@@ -110,7 +149,7 @@ def step(task: Task, state: dict[str, Any], status: RunStatus, work: Work) -> di
             countdown = get_exponential_backoff_interval(
                 RETRY_BACKOFF_S, task.request.retries + 1, RETRY_BACKOFF_MAX_S, full_jitter=False
             )
-            raise task.retry(exc=e, countdown=countdown) from e
+            raise task.retry(exc=e, countdown=countdown, queue=queue) from e
         report = report.failed(str(e))
     except MaoError as e:
         report = report.failed(str(e))

@@ -23,6 +23,8 @@ _UNSAFE_RE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
 )
 REDACTED = "***"
+SHOWN_MAX = 4096
+"""The most characters of a URL or message `redact_url`/`redact_urls` return."""
 # RFC 3986 §3.2: the authority follows "//" and ends at the first "/", "?" or "#"; user info is
 # what precedes its last "@".
 _AUTHORITY_USERINFO_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
@@ -51,7 +53,13 @@ def redact_url(url: str) -> str:
     between `scheme://` and the last `@` of its authority masked: `https://***@[x/`. Any
     `user:password@` left (scp-like `alice:pw@host:path`, `https:/u:pw@host`) shows `user:***@`.
     """
-    return _PASSWORD_RE.sub(rf"\g<user>:{REDACTED}@", _redact_authority(url))
+    return _PASSWORD_RE.sub(rf"\g<user>:{REDACTED}@", _redact_authority(_bounded(url)))
+
+
+def _bounded(text: str) -> str:
+    """`text` cut to `SHOWN_MAX` characters (marked with "..."): what is shown of a value
+    another member or a remote wrote; it also bounds the cost of the regular expressions."""
+    return text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX] + "..."
 
 
 def _redact_authority(url: str) -> str:
@@ -73,7 +81,7 @@ def _redact_authority(url: str) -> str:
 def redact_urls(text: str) -> str:
     """`text` with `redact_url` applied to every `scheme://...` word in it (a word ends at white
     space or a quote), e.g. an error message quoting a URL, and every `user:password@` masked."""
-    masked = _URL_WORD_RE.sub(lambda m: redact_url(m.group()), text)
+    masked = _URL_WORD_RE.sub(lambda m: redact_url(m.group()), _bounded(text))
     return _PASSWORD_RE.sub(rf"\g<user>:{REDACTED}@", masked)
 
 

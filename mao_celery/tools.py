@@ -12,16 +12,19 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from mao_celery.exceptions import NotFound
+from mao_celery.exceptions import MaoError, NotFound
 
 if TYPE_CHECKING:
     from mao_celery.cancel import Cancelled
+    from mao_celery.dataplane import HistoryPoint
+    from mao_celery.datasets import LocalDataset
+    from mao_celery.health import Check
     from mao_celery.models import Dataset, RunReport, Tool
     from mao_celery.node import Node
     from mao_celery.records import InvalidRecord
@@ -32,7 +35,8 @@ if TYPE_CHECKING:
 
 Kind = Literal["tool", "dataset"]
 WAIT_STEP_S = 1.0
-"""How long `follow_run` waits for a change of status before it reports the run again."""
+"""How long `follow_run` waits for a change of status before it reports the run again (a change
+wakes it at once: `RunStore.wait`)."""
 LOG_POLL_S = 0.2
 """How often `run_output` looks for new output of a run it follows, in seconds."""
 
@@ -40,6 +44,20 @@ LOG_POLL_S = 0.2
 def collection(node: Node, kind: Kind) -> Collection[Any]:
     """The registry collection of `kind` ("tool" -> `registry.tools`)."""
     return node.registry.tools if kind == "tool" else node.registry.datasets
+
+
+def is_registered(node: Node, kind: Kind, name: str) -> bool:
+    """Whether the registry has an entry `name` of `kind`.
+
+    Raises:
+        InvalidInput: `name` is not a valid name.
+        ServiceUnavailable: etcd did not answer.
+    """
+    try:
+        collection(node, kind).get(name)
+    except NotFound:
+        return False
+    return True
 
 
 def register(node: Node, kind: Kind, **fields: Any) -> Tool | Dataset:
@@ -71,6 +89,8 @@ TOOL_UPDATABLE = frozenset(
         "read_only_rootfs",
         "spike_window",
         "spike_threshold_pct",
+        "push",
+        "push_branch",
     }
 )
 """The fields of a tool `tool update` may change (not its name, repositories or author)."""
@@ -121,6 +141,13 @@ def remove(node: Node, kind: Kind, name: str) -> bool:
     return unscheduled
 
 
+def data_directory(node: Node, name: str) -> Path | None:
+    """The local data directory of tool or dataset `name` (importdir/`name`), None when there
+    is none."""
+    path = node.settings.importdir / name
+    return path if path.is_dir() else None
+
+
 def unschedule(node: Node, name: str) -> bool:
     """Remove tool `name`'s schedule on this node if it has one; True when it had one.
 
@@ -165,29 +192,94 @@ def clone_dataset(
     return dest, None
 
 
+def local_datasets(node: Node) -> list[LocalDataset]:
+    """The data directories under this node's importdir, from the file system (see
+    `datasets.list_local`)."""
+    from mao_celery import datasets
+
+    return datasets.list_local(node.settings.importdir)
+
+
 # ---- runs ------------------------------------------------------------------------------------
 
 
-def start_run(node: Node, name: str) -> RunReport:
-    """Queue a run of tool `name` on this node's workers; returns its report (queued).
+IfNoWorker = Literal["refuse", "warn", "wait"]
+"""What `start_runs` does when no worker of this node answers a ping: queue nothing and raise
+("refuse"), queue and warn ("warn"), or queue without asking (the caller waits for one)."""
+
+
+def start_run(
+    node: Node,
+    name: str,
+    *,
+    no_worker: IfNoWorker = "wait",
+    warn: Callable[[str], None] = lambda line: None,
+) -> RunReport:
+    """Queue a run of tool `name` on this node's workers; returns its report (queued). The
+    worker check is `start_runs`'s.
 
     Raises:
         NotFound: the tool is not registered.
+        NoWorker: "refuse" and no worker answers (a ServiceUnavailable: exit 3).
         AlreadyRunning: a run of the tool is under way on this node.
+        InvalidState: the tool's lock or run index cannot be read.
         ServiceUnavailable: etcd, Redis or the broker did not answer.
     """
-    from mao_celery import enqueue
+    (outcome,) = start_runs(node, [name], no_worker=no_worker, warn=warn)
+    if isinstance(outcome, MaoError):
+        raise outcome
+    return outcome
 
-    conf = node.settings
-    return enqueue.start_run(node.app, name, conf=conf, registry=node.registry, runs=node.runs)
 
+def start_runs(
+    node: Node,
+    names: Sequence[str],
+    *,
+    no_worker: IfNoWorker = "wait",
+    warn: Callable[[str], None] = lambda line: None,
+) -> list[RunReport | MaoError]:
+    """Queue a run of each tool of `names`, in that order, on this node's workers; returns, by
+    name, its report (queued) or why it was not queued (AlreadyRunning, InvalidState, NotFound).
 
-def require_worker(node: Node, *, warn_only: bool, warn: Callable[[str], None]) -> None:
-    """Check that a worker of this node answers a ping (`health.PING_TIMEOUT_S`); when none
-    does, raise, or with `warn_only` call `warn` with a one-line warning.
+    Every tool must be registered first (else NotFound: nothing is queued). Unless `no_worker`
+    is "wait", a worker must then answer a ping (`health.PING_TIMEOUT_S`, once): with "refuse"
+    nothing is queued when none answers; with "warn" the runs are queued and `warn` is called
+    with a one-line warning.
 
     Raises:
-        NoWorker: no worker answers (a ServiceUnavailable: exit 3).
+        NotFound: a tool is not registered; nothing was queued.
+        NoWorker: "refuse" and no worker answers (a ServiceUnavailable: exit 3).
+        ServiceUnavailable: etcd, Redis or the broker did not answer (the runs queued before
+            stay queued).
+    """
+    from mao_celery import enqueue
+    from mao_celery.exceptions import AlreadyRunning, InvalidState
+
+    for name in names:
+        node.registry.tools.get(name)
+    if no_worker == "refuse":
+        _require_worker(node, warn=None)
+    outcomes: list[RunReport | MaoError] = []
+    for name in names:
+        try:
+            report = enqueue.start_run(
+                node.app, name, conf=node.settings, registry=node.registry, runs=node.runs
+            )
+        except (AlreadyRunning, InvalidState, NotFound) as e:
+            outcomes.append(e)
+        else:
+            outcomes.append(report)
+    if no_worker == "warn" and any(not isinstance(o, MaoError) for o in outcomes):
+        _require_worker(node, warn=warn)
+    return outcomes
+
+
+def _require_worker(node: Node, *, warn: Callable[[str], None] | None) -> None:
+    """Check that a worker of this node answers a ping; when none does, raise, or call `warn`
+    (when given) with a one-line warning.
+
+    Raises:
+        NoWorker: no worker answers and no `warn` was given.
         ServiceUnavailable: the broker (Redis) did not answer.
     """
     from mao_celery import health
@@ -196,12 +288,20 @@ def require_worker(node: Node, *, warn_only: bool, warn: Callable[[str], None]) 
     if health.ping_workers(node.app, limit=1):
         return
     broker = redact_url(node.settings.redis_url)
-    if not warn_only:
+    if warn is None:
         raise health.NoWorker(
             broker, health.PING_TIMEOUT_S, "or pass --wait-for-worker to queue the run and wait"
         )
     missing = health.NoWorker(broker, health.PING_TIMEOUT_S, "the run stays queued until then")
     warn(f"warning: {missing}")
+
+
+def check_node(node: Node) -> list[Check]:
+    """The checks of `maoctl status` on this node (`health.check_all`): etcd, Redis, Docker,
+    importdir, its workers and its beat; each says whether it is usable and why not."""
+    from mao_celery.health import check_all
+
+    return check_all(node.settings, node.app)
 
 
 def worker_settings(
@@ -233,7 +333,7 @@ def follow_run(runs: RunStore, run_id: str, timeout_s: float | None) -> Iterator
     report = runs.get(run_id)
     yield report
     while not report.status.terminal and time.monotonic() < deadline:
-        report = runs.wait(run_id, _other_status(report), timeout_s=WAIT_STEP_S, poll_s=0.05)
+        report = runs.wait(run_id, _other_status(report), timeout_s=WAIT_STEP_S, poll_s=WAIT_STEP_S)
         yield report
 
 
@@ -301,6 +401,20 @@ def forget_run(node: Node, run_id: str) -> str:
     return run_id
 
 
+def caller() -> str:
+    """Who runs this command, as a run records who cancelled it: `maoctl (user@host)`, or
+    `maoctl (uid N@host)` when the uid has no login name nor passwd entry."""
+    import getpass
+    import os
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name nor passwd entry for this uid
+        user = f"uid {os.getuid()}"
+    return f"maoctl ({user}@{socket.gethostname()})"
+
+
 def cancel_run(node: Node, run_id: str, by: str) -> Cancelled:
     """Cancel run `run_id` (a unique prefix of it will do) for `by` (who asks): mark it
     cancelled, which frees its tool, then stop its container (SIGTERM, SIGKILL after
@@ -363,6 +477,18 @@ def run_output(
         position = end
 
 
+def interrupt_runs(node: Node, grace_s: float) -> list[str]:
+    """Interrupt the runs of this node still in their containers after a shutdown's grace
+    period of `grace_s` seconds (see shutdown.py); returns their ids.
+
+    Raises:
+        ServiceUnavailable: Docker or Redis did not answer.
+    """
+    from mao_celery.shutdown import interrupt_running_runs
+
+    return interrupt_running_runs(node.docker, node.runs, grace_s)
+
+
 def repair(node: Node, delete: bool) -> list[InvalidRecord]:
     """The node-local records that cannot be read (run records and indexes, locks, node state;
     see repair.py), deleted when `delete`.
@@ -402,14 +528,17 @@ def schedule(node: Node, name: str, **options: Any) -> Scheduled:
     return node.schedules.add(name, spec)
 
 
-def list_schedules(node: Node) -> list[ScheduleInfo]:
+def list_schedules(
+    node: Node, after: str | None = None, limit: int | None = None
+) -> tuple[list[ScheduleInfo], str | None]:
     """This node's tool schedules, by tool name, invalid entries included, each with its newest
-    fire and that fire's run.
+    fire and that fire's run: those after tool `after` (None: from the first), at most `limit`
+    (None: all); and the tool to continue after (None: no more).
 
     Raises:
         ServiceUnavailable: Redis did not answer.
     """
-    return node.schedules.list_all(node.runs)
+    return node.schedules.list_page(node.runs, after, limit)
 
 
 def pause_schedule(node: Node, name: str, paused: bool) -> ScheduleInfo:
@@ -443,3 +572,117 @@ def remove_schedule(node: Node, name: str) -> None:
         ServiceUnavailable: Redis did not answer.
     """
     node.schedules.remove(name)
+
+
+# ---- the data plane --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataUpdate:
+    """What `update_tool_data` did to a tool's data directory `path`: its HEAD commit (40 hex)
+    `before` and `after` (None: no clone, or no commit), whether it was `cloned` now, whether
+    its `origin` was pointed to the registered URL (`url_set`), how many `commits` HEAD gained
+    and how many files they `added`, `changed` and `deleted`."""
+
+    path: Path
+    before: str | None
+    after: str | None
+    cloned: bool
+    url_set: bool
+    commits: int = 0
+    added: int = 0
+    changed: int = 0
+    deleted: int = 0
+
+
+def update_tool_data(node: Node, name: str, *, set_url: bool = False) -> DataUpdate:
+    """Bring tool `name`'s data directory up to date by hand, as a run's prepare step does
+    (`dataplane.sync`: clone on first use, else fetch and merge the remote's branch, and the
+    node's push branch). With `set_url`, the clone's `origin` is first pointed to the tool's
+    registered data repository (it moved: the clone and its history are kept).
+
+    Raises:
+        NotFound: the tool is not registered, or its remote lacks its branch.
+        InvalidInput: the clone comes from another repository (without `set_url`), the remote's
+            branch was rewritten, or the merge failed (both commits named; nothing changed).
+        ServiceUnavailable: etcd or the git remote did not answer.
+    """
+    from mao_celery import dataplane, datasets
+
+    conf = node.settings
+    tool = node.registry.tools.get(name)
+    dest = datasets.local_path(conf.importdir, tool.name)
+    cloned = not dest.is_dir()
+    url_set = set_url and not cloned and dataplane.set_origin(dest, tool.data_repo)
+    before = None if cloned else datasets.head_commit(dest)
+    after = dataplane.sync(tool, conf)
+    done = DataUpdate(dest, before, after, cloned, url_set)
+    if before is None or after is None or before == after:
+        return done
+    return _with_changes(done, before, after)
+
+
+def _with_changes(done: DataUpdate, before: str, after: str) -> DataUpdate:
+    """`done` with the commits and files that `after` adds to `before` (host git, hardened)."""
+    from mao_celery import datasets, gitcmd
+    from mao_celery.exceptions import InvalidInput
+
+    def git(*args: str) -> str:
+        found = gitcmd.run([*datasets.Clone.of(done.path).args(), *args])
+        if found.status != 0:
+            raise InvalidInput(
+                f"cannot compare {before[:12]} with {after[:12]} in {done.path}: "
+                f"{gitcmd.git_message(found.stderr)}"
+            )
+        return found.stdout
+
+    commits = int(git("rev-list", "--count", f"{before}..{after}"))
+    names = git(
+        "diff", "--name-status", "--no-renames", "--no-ext-diff", "--no-textconv", before, after
+    )
+    kinds = [line[:1] for line in names.splitlines()]
+    return replace(
+        done,
+        commits=commits,
+        added=kinds.count("A"),
+        changed=len(kinds) - kinds.count("A") - kinds.count("D"),
+        deleted=kinds.count("D"),
+    )
+
+
+@dataclass(frozen=True)
+class ToolHistory:
+    """The metric of a tool over time: its run commits (`dataplane.HistoryPoint`), newest
+    first; `cloned` False when this node has no clone of its data yet; the spike rule the tool
+    gets on this node (`window` values, `threshold_pct` percent)."""
+
+    tool: str
+    points: list[HistoryPoint]
+    cloned: bool
+    window: int
+    threshold_pct: float
+
+
+def tool_history(node: Node, name: str, limit: int) -> ToolHistory:
+    """The runs of tool `name` recorded in its data directory's git history (run commits, other
+    nodes' merged ones included), newest first, at most `limit` (`dataplane.history`); none when
+    the node has no clone of it yet.
+
+    Raises:
+        NotFound: the tool is not registered.
+        InvalidInput: git could not read the history.
+        ServiceUnavailable: etcd did not answer.
+    """
+    from mao_celery import dataplane, datasets
+
+    conf = node.settings
+    tool = node.registry.tools.get(name)
+    dest = datasets.local_path(conf.importdir, tool.name)
+    cloned = datasets.Clone.of(dest).git_dir.is_dir()
+    return ToolHistory(
+        tool=tool.name,
+        points=dataplane.history(dest, limit) if cloned else [],
+        cloned=cloned,
+        window=tool.spike_window or conf.spike_window,
+        threshold_pct=tool.spike_threshold_pct or conf.spike_threshold_pct,
+    )

@@ -13,7 +13,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VAR=$PWD/var
 DEMO_IMAGE=mao-demo:latest
 DEMO_REPO=$VAR/demo/demo-data.git
-BASE_IMAGE=${MAO_DEMO_BASE_IMAGE:-mao-base:bookworm}
 # The demo's data stays in this clone (var/importdir) unless MAO_IMPORTDIR says otherwise.
 export MAO_IMPORTDIR=${MAO_IMPORTDIR:-$VAR/importdir}
 
@@ -34,21 +33,11 @@ else
   start_detached "$VAR/run/node.pid" "$VAR/log/node.log" ./worker.sh all
 fi
 
-say "image $DEMO_IMAGE: building from demo_tool/ on $BASE_IMAGE"
-docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$DEMO_IMAGE" demo_tool \
-  >"$VAR/log/demo-build.log" 2>&1 || { cat "$VAR/log/demo-build.log" >&2; exit 1; }
+say "image $DEMO_IMAGE: building from demo_tool/ on ${MAO_DEMO_BASE_IMAGE:-mao-base:bookworm}"
+build_demo_image "$VAR/log/demo-build.log"
 
-if [[ ! -d $DEMO_REPO ]]; then
-  say "data repository: creating $DEMO_REPO"
-  work=$(mktemp -d)
-  git init -q --bare "$DEMO_REPO"
-  git clone -q "$DEMO_REPO" "$work/data" 2>/dev/null
-  printf '# MAO demo data\nThe demo tool adds its snapshots here.\n' >"$work/data/README.md"
-  git -C "$work/data" add README.md
-  git -C "$work/data" -c user.name="MAO demo" -c user.email=demo@localhost commit -q -m "Demo data"
-  git -C "$work/data" push -q origin HEAD
-  rm -rf "$work"
-fi
+[[ -d $DEMO_REPO ]] || say "data repository: creating $DEMO_REPO"
+make_demo_repo "$DEMO_REPO"
 
 if registered=$(maoctl tool get demo --json 2>/dev/null); then
   say "tool demo: already registered"

@@ -2,6 +2,8 @@
 # Stops what scripts/setup.sh started, and only that: the processes named by its pid files in
 # var/run/. A service that was already running before setup.sh has no pid file and is left alone.
 # Each process gets SIGTERM and up to 60 s to exit (dockerd stops its containers first), then SIGKILL.
+# First it stops what scripts/federation-demo.sh started (pid files in $MAO_FED_DIR/run, default
+# var/federation/run: its nodes, then its etcd members); `stop.sh federation` stops only those.
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +38,17 @@ stop_service() {
   rm -f "$pidfile"
 }
 
+stop_federation() {
+  local RUN=${MAO_FED_DIR:-$PWD/var/federation}/run pidfile name # stop_service reads RUN
+  for pidfile in "$RUN"/node-*.pid "$RUN"/etcd-*.pid; do
+    [[ -f $pidfile ]] || continue
+    name=$(basename "$pidfile" .pid)
+    if [[ $name == node-* ]]; then stop_service "$name" worker.sh; else stop_service "$name" etcd; fi
+  done
+}
+
+stop_federation
+[[ ${1:-} != federation ]] || exit 0
 stop_service node worker.sh
 stop_service etcd etcd
 stop_service redis redis-server

@@ -22,11 +22,11 @@ import redis
 from click.testing import CliRunner, Result
 
 import cli
-from mao_celery.models import Member, Notification, RunReport
+from mao_celery.models import Dataset, Member, Notification, RunReport, RunStatus, Tool
 from mao_celery.registry import Registry
 from tests.fixtures.node import NodeUnderTest
 from tests.fixtures.services import free_ports
-from tests.helpers import TOOL_ARGS, listing
+from tests.helpers import TOOL_ARGS, WIDE, listing
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ Maoctl = Callable[..., Result]
 TOOL_KEYS = {
     "name", "author", "image", "data_repo", "branch", "code_repo", "artefact", "description",
     "spike_window", "spike_threshold_pct", "network", "read_only_rootfs", "timeout_s",
-    "memory_bytes", "cpus", "created_at", "created_by",
+    "memory_bytes", "cpus", "push", "push_branch", "created_at", "created_by",
 }  # fmt: skip
 DATASET_KEYS = {"name", "url", "branch", "description", "created_at", "created_by"}
 
@@ -95,6 +95,8 @@ def test_a_tool_is_shown_as_json_and_a_missing_one_is_not_found(maoctl: Maoctl) 
         "timeout_s": None,
         "memory_bytes": None,
         "cpus": None,
+        "push": False,
+        "push_branch": None,
         "created_at": None,
         "created_by": "node-a",
     }
@@ -368,7 +370,9 @@ def test_members_are_listed_as_json(maoctl: Maoctl, registry: Registry) -> None:
 
     assert result.exit_code == 0, result.stderr
     (shown,) = listing(result.stdout)
-    assert set(shown) == {"node_id", "hostname", "version", "started_at", "last_seen"}
+    assert set(shown) == {
+        "node_id", "hostname", "version", "started_at", "last_seen", "workers", "tools",
+    }  # fmt: skip
     assert Member.model_validate(shown) == member
 
 
@@ -392,3 +396,132 @@ def test_notifications_are_listed_as_json_with_their_key(
         notification
     )
     assert json.loads(of_other_tool.stdout) == {"items": [], "warnings": []}
+
+
+def test_push_options_are_written_shown_and_unset(maoctl: Maoctl) -> None:
+    added = maoctl("tool", "add", "demo", *TOOL_ARGS, "--push", "--push-branch", "main")
+    shown = maoctl("tool", "get", "demo")
+    stopped = maoctl("tool", "update", "demo", "--no-push", "--unset", "push-branch", "--json")
+    bad = maoctl("tool", "update", "demo", "--push-branch", "a..b")
+
+    assert added.exit_code == 0, added.stderr
+    assert "push                 True" in shown.stdout
+    assert "push_branch          main" in shown.stdout
+    assert "  push    to branch main of the data repository (the tool's --push)" in shown.stdout
+    assert stopped.exit_code == 0, stopped.stderr
+    assert {k: json.loads(stopped.stdout)[k] for k in ("push", "push_branch")} == {
+        "push": False, "push_branch": None,
+    }  # fmt: skip
+    assert bad.exit_code == 1
+    assert "a..b" in error_line(bad)
+
+
+def test_run_show_names_the_commit_digest_and_push(maoctl: Maoctl, node: NodeUnderTest) -> None:
+    runs = node.runs()
+    report = RunReport(run_id="pushed-run", tool="demo", node="node-a")
+    runs.begin(report, lock_ttl_s=60)
+    done = report.model_copy(update={"status": RunStatus.SUCCEEDED, "run_commit": "ab" * 20,
+                                     "image_digest": "sha256:" + "c" * 64,
+                                     "pushed_to": "mao/node-a"})  # fmt: skip
+    runs.save(done)
+    failed_push = done.model_copy(update={"run_id": "failed-push", "pushed_to": None,
+                                          "push_error": "remote unreachable"})  # fmt: skip
+    runs.begin(failed_push.model_copy(update={"status": RunStatus.QUEUED}), lock_ttl_s=60)
+    runs.save(failed_push)
+
+    text = maoctl("run", "show", "pushed-run")
+    as_json = maoctl("run", "show", "pushed-run", "--json")
+    failed = maoctl("run", "show", "failed-push")
+
+    assert text.exit_code == 0, text.stderr
+    assert f"commit     {'ab' * 6}  (what the run wrote)" in text.stdout.splitlines()
+    assert f"image id   sha256:{'c' * 64}" in text.stdout.splitlines()
+    assert "pushed     to branch mao/node-a of the data repository" in text.stdout.splitlines()
+    shown = json.loads(as_json.stdout)
+    keys = ("run_commit", "image_digest", "pushed_to", "push_error")
+    assert [shown[key] for key in keys] == ["ab" * 20, "sha256:" + "c" * 64, "mao/node-a", None]
+    assert "push       FAILED: remote unreachable (the next push carries it)" in failed.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [["tool", "update-data", "demo"], ["tool", "history", "demo", "--json"]]
+)
+def test_data_commands_exit_1_for_an_unknown_tool_and_3_without_etcd(
+    maoctl: Maoctl, args: list[str]
+) -> None:
+    missing = maoctl(*args[:3])
+    port = closed_port()
+    unreachable = maoctl(*args[:3], env={"MAO_ETCD_ENDPOINTS": f"127.0.0.1:{port}"})
+
+    assert missing.exit_code == 1
+    assert error_line(missing) == "error: tool 'demo' is not registered"
+    assert unreachable.exit_code == 3
+    assert error_line(unreachable).startswith("error: etcd unreachable")
+
+
+def test_history_refuses_plot_with_json(maoctl: Maoctl) -> None:
+    result = maoctl("tool", "history", "demo", "--plot", "--json")
+
+    assert result.exit_code == 2
+    assert "--plot draws for people and --json prints for scripts" in result.stderr
+
+
+def names_in_table(stdout: str, stem: str) -> list[str]:
+    """The first cells of a table's rows whose first cell starts with `stem`."""
+    return [line.split()[0] for line in stdout.splitlines() if line.startswith(stem)]
+
+
+def test_a_listing_table_shows_100_entries_then_the_command_for_the_next_page(
+    maoctl: Maoctl, registry: Registry
+) -> None:
+    names = [f"set-{i:03d}" for i in range(101)]
+    for name in names:
+        registry.datasets.add(Dataset(name=name, url=f"/srv/git/{name}.git"))
+
+    first = maoctl("dataset", "get", env=WIDE)
+    rest = maoctl("dataset", "get", "--after", "set-099", env=WIDE)
+    every = maoctl("dataset", "get", "--json")
+
+    assert first.exit_code == 0, first.stderr
+    assert names_in_table(first.stdout, "set-") == names[:100]
+    assert first.stdout.splitlines()[-1] == "... more: maoctl dataset get --after set-099"
+    assert rest.exit_code == 0, rest.stderr
+    assert names_in_table(rest.stdout, "set-") == ["set-100"]
+    assert "more:" not in rest.stdout
+    assert [d["name"] for d in listing(every.stdout)] == names  # JSON: complete, no next_after
+
+
+def test_a_json_listing_with_limit_gives_where_the_next_page_starts(
+    maoctl: Maoctl, registry: Registry
+) -> None:
+    for i in range(5):
+        registry.tools.add(
+            Tool(name=f"t{i}", author="tester", image="mao-demo:latest", artefact="csv",
+                 data_repo="https://example.org/data.git", code_repo="https://example.org/code")
+        )  # fmt: skip
+    pages: list[dict[str, Any]] = []
+    after: list[str] = []
+    while not pages or pages[-1]["next_after"] is not None:
+        result = maoctl("tool", "get", "--json", "--limit", "2", *after)
+        assert result.exit_code == 0, result.stderr
+        pages.append(json.loads(result.stdout))
+        after = ["--after", pages[-1]["next_after"]]
+    table = maoctl("tool", "get", "--limit", "2", "--after", "t1", env=WIDE)
+
+    assert [[t["name"] for t in p["items"]] for p in pages] == [["t0", "t1"], ["t2", "t3"], ["t4"]]
+    assert [(p["next_after"], p["warnings"]) for p in pages] == [("t1", []), ("t3", []), (None, [])]
+    assert names_in_table(table.stdout, "t") == ["t2", "t3"]
+    assert table.stdout.splitlines()[-1] == "... more: maoctl tool get --after t3 --limit 2"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["tool", "get", "--limit", "0"], ["tool", "get", "t0", "--limit", "2"],
+     ["dataset", "get", "d0", "--after", "c"]],
+    ids=["limit-0", "tool-name-with-limit", "dataset-name-with-after"],
+)  # fmt: skip
+def test_paging_options_out_of_place_exit_2(maoctl: Maoctl, args: list[str]) -> None:
+    result = maoctl(*args)
+
+    assert result.exit_code == 2, result.stdout
+    assert result.stdout == ""

@@ -14,7 +14,8 @@ import pytest
 from mao_celery.exceptions import AlreadyExists, InvalidInput, NotFound, ServiceUnavailable
 from mao_celery.models import Dataset, Member, Notification, Tool, utcnow
 from mao_celery.node import Node
-from mao_celery.periodic import log_new_notifications
+from mao_celery.node_state import CURSOR_KEY
+from mao_celery.periodic import Listener, log_notification
 from mao_celery.registry import Registry, connect
 from mao_celery.settings import load_settings
 from tests.fixtures.node import NodeUnderTest
@@ -124,28 +125,32 @@ def test_a_value_that_does_not_validate_is_reported_not_returned(
     node: NodeUnderTest, registry: Registry, etcd_server: EtcdServer
 ) -> None:
     registry.tools.add(make_tool("good"))
-    bad_key, junk_key = registry.tools.key("bad"), registry.tools.key("junk")
-    bad_value = make_tool("good").model_dump(mode="json") | {"name": "Bad Name"}
+    good = make_tool("good").model_dump(mode="json")
+    written = {  # as another member's client may write them
+        "bad": json.dumps(good | {"name": "Bad Name"}),
+        "junk": b"not json \xff",
+        "nan": json.dumps(good | {"name": "nan", "spike_threshold_pct": float("nan")}),
+        "url": json.dumps(good | {"name": "url", "data_repo": "ext::sh -c touch% /tmp/x"}),
+    }
+    keys = [registry.tools.key(name) for name in written]
     with connect_etcd(etcd_server.port) as client:
-        client.put(bad_key, json.dumps(bad_value))
-        client.put(junk_key, b"not json \xff")
+        for key, value in zip(keys, written.values(), strict=True):
+            client.put(key, value)
 
-    for name, key in (("bad", bad_key), ("junk", junk_key)):
+    for name, key in zip(written, keys, strict=True):
         with pytest.raises(InvalidInput, match=f"registry entry {re.escape(key)} is invalid"):
             registry.tools.get(name)
     listed, invalid = registry.tools.list()
     shown = node.maoctl("tool", "get", "--json")
 
     assert [t.name for t in listed] == ["good"]
-    assert [entry.key for entry in invalid] == [bad_key, junk_key]
-    assert "name" in invalid[0].reason
+    assert [entry.key for entry in invalid] == sorted(keys)
     assert shown.returncode == 0, shown.stderr
     assert [t["name"] for t in listing(shown.stdout)] == ["good"]
     warnings = shown.stderr.splitlines()
-    assert len(warnings) == 2
-    assert bad_key in warnings[0]
-    assert junk_key in warnings[1]
-    assert all(line.startswith("warning: skipped") for line in warnings)
+    assert len(warnings) == len(keys)
+    for key, line in zip(sorted(keys), warnings, strict=True):
+        assert line.startswith(f"warning: skipped registry entry {key} is invalid"), line
 
 
 def test_a_notification_is_published_once_per_run(
@@ -203,23 +208,37 @@ def test_new_notifications_are_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="mao_celery.periodic")
-    state = Node(node.settings()).state
+    ctx = Node(node.settings())
+    ctx.state.set(CURSOR_KEY, "0")  # a node that has read nothing yet
+    handed: list[str] = []
+
+    def log_it(key: str, raw: str) -> None:
+        handed.append(key)
+        log_notification(key, raw)
+
+    listener = Listener(ctx.settings, ctx.registry, ctx.state, log_it)
+
+    def catch_up() -> list[str]:
+        handed.clear()
+        listener.catch_up()
+        return list(handed)
+
     key_1, _ = registry.publish_notification(make_notification("run-1"), STARTED_AT, RETENTION_S)
     later = STARTED_AT + timedelta(seconds=1)
     key_2, _ = registry.publish_notification(make_notification("run-2"), later, RETENTION_S)
 
-    first = log_new_notifications(registry, state)
-    second = log_new_notifications(registry, state)
+    first = catch_up()
+    second = catch_up()
     key_3, _ = registry.publish_notification(
         make_notification("run-3"), later + timedelta(seconds=1), RETENTION_S
     )
     junk_key = f"{registry.notifications_prefix}junk"
     with connect_etcd(etcd_server.port) as client:
         client.put(junk_key, "not json")
-    third = log_new_notifications(registry, state)
-    fourth = log_new_notifications(registry, state)
+    third = catch_up()
+    fourth = catch_up()
 
-    assert (first, second, third, fourth) == ([key_1, key_2], [], [key_3], [])
+    assert (first, second, third, fourth) == ([key_1, key_2], [], [key_3, junk_key], [])
     spikes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("spike:")]
     assert len(spikes) == 3
     for run_id, message in zip(("run-1", "run-2", "run-3"), spikes, strict=True):

@@ -187,7 +187,7 @@ def test_a_notification_cannot_forge_a_worker_log_line(
     put(etcd_server, f"{prefix}a\nFORGED ERROR\x1b]0;x\x07", notification)
     put(etcd_server, f"{prefix}b", notification | {"run_id": "r\nFORGED\x1b[2J"})
     worker = node.start_worker()
-    node.start_beat()
+    node.start_beat(env={"MAO_LISTENER_SINCE": "all"})  # the entries predate the node
 
     def logged(text: str) -> Callable[[], bool]:
         return lambda: text in worker.log()

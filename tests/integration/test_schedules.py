@@ -192,8 +192,9 @@ def test_schedules_fire_and_survive_a_redis_outage_and_a_killed_beat(
     make_data_repo: Callable[..., str],
 ) -> None:
     worker = node.start_worker()
-    # A killed beat's lock goes stale after MAO_BEAT_LOCK_TIMEOUT_S: 8 s here (default 30 s).
-    short_lock = {"MAO_BEAT_LOCK_TIMEOUT_S": "8"}
+    # A killed beat's lock goes stale after MAO_BEAT_LOCK_TIMEOUT_S: 6 s here (default 30 s;
+    # it must exceed the 5-s tick of a node's beat).
+    short_lock = {"MAO_BEAT_LOCK_TIMEOUT_S": "6"}
     beat = node.start_beat(env=short_lock)
     register(node, "often", spiking_image, make_data_repo("often"))
     assert "scheduled every 3 s" in schedule(node, "often", "--every-s", "3")
@@ -225,7 +226,7 @@ def test_schedules_fire_and_survive_a_redis_outage_and_a_killed_beat(
     waited = seconds_until(
         lambda: fired(node, "often") > killed,
         30,
-        "a firing by a beat started after one was killed (stale lock: 8 s)",
+        "a firing by a beat started after one was killed (stale lock: 6 s)",
     )
     print(f"first firing {waited:.1f} s after a beat replaced a killed one")
 
@@ -481,7 +482,8 @@ def test_a_fire_during_an_etcd_outage_is_retried_then_recorded_as_a_failed_run(
     spiking_image: str,
     make_data_repo: Callable[..., str],
 ) -> None:
-    worker = node.start_worker()
+    # Retries after 0.5, 1, 2, 2 s (MAO_SCHEDULED_RETRY_BACKOFF_S; by default 4, 8, 16, 16 s).
+    worker = node.start_worker(env={"MAO_SCHEDULED_RETRY_BACKOFF_S": "0.25"})
     node.start_beat()
     register(node, "outage", spiking_image, make_data_repo("data"))
     schedule(node, "outage", "--every-s", "5")

@@ -1,18 +1,48 @@
-"""Importing any module of the project reads no setting and connects nowhere (issue 8)."""
+"""Importing any module of the project reads no setting and connects nowhere, `maoctl --help` (of
+every group, and of `tool run` and `tool get`) loads none of the heavy libraries (issue 8), and
+`tool get` loads only what reading the registry needs (issue 14: start-up time)."""
 
+import json
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
 import mao_celery
+import mao_celery.commands
+from tests.fixtures.services import EtcdServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULES = [
     "cli",
     "beat_schedule",
     *(f"mao_celery.{m.name}" for m in pkgutil.iter_modules(mao_celery.__path__)),
+    *(f"mao_celery.commands.{m.name}" for m in pkgutil.iter_modules(mao_celery.commands.__path__)),
 ]
+HEAVY = (
+    "celery",
+    "kombu",
+    "redbeat",
+    "docker",
+    "grpc",
+    "pyetcd",
+    "redis",
+    "rich",
+    "pydantic",
+    "git",
+    "apprise",
+    "plotext",
+    "matplotlib",
+)
+"""Libraries whose import `maoctl --help` must not pay for (start-up time)."""
+NOT_FOR_THE_REGISTRY = ("celery", "kombu", "redbeat", "docker", "redis", "git", "apprise")
+"""Libraries `maoctl tool get` must not pay for: it reads etcd only (rich: tables only)."""
+SUBCOMMAND_HELPS = [["tool", "run"], ["tool", "get"]]
+"""Commands whose `--help` is checked besides the groups' (the ones run most)."""
+LOADED_LIBRARIES = (
+    "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)\n"
+)
+"""Script line: the top-level packages loaded, on stderr."""
 # Settings that would fail if anything read them, and no service anywhere to reach.
 POISONED_ENV = {
     "MAO_REDIS_URL": "not-a-url",
@@ -37,3 +67,78 @@ def test_every_module_imports_without_reading_settings_or_services(tmp_path: Pat
 
     assert result.returncode == 0, result.stderr
     assert len(MODULES) > 20
+
+
+def test_help_of_every_group_loads_no_heavy_library(tmp_path: Path) -> None:
+    script = (
+        "import sys, click, cli\n"
+        "groups = [n for n, c in cli.main.commands.items() if isinstance(c, click.Group)]\n"
+        f"for args in [[], *([n] for n in groups), *{SUBCOMMAND_HELPS!r}]:\n"
+        "    cli.main([*args, '--help'], prog_name='maoctl', standalone_mode=False)\n"
+        + LOADED_LIBRARIES
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **POISONED_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Commands:" in result.stdout
+    assert set(result.stderr.split()).isdisjoint(HEAVY), result.stderr
+
+
+def loaded_by(argv: list[str], env: dict[str, str]) -> tuple[str, set[str]]:
+    """What `maoctl ARGV` prints, and the top-level packages it loaded (in a process of its own).
+
+    Fails when the command fails.
+    """
+    script = (
+        "import sys, cli\n"
+        f"cli.main({argv!r}, prog_name='maoctl', standalone_mode=False)\n" + LOADED_LIBRARIES
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    *_, modules = result.stderr.splitlines()
+    return result.stdout, set(modules.split())
+
+
+def test_tool_get_loads_neither_celery_nor_redis_nor_docker_and_json_no_rich(
+    tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        **POISONED_ENV,
+        "MAO_CONFIG": "",
+        "MAO_REDIS_URL": "redis://127.0.0.1:1/0",  # valid, never reached
+        "MAO_ETCD_ENDPOINTS": etcd_server.endpoint,
+        "MAO_ETCD_PREFIX": etcd_prefix,
+    }
+    repo = "https://example.org/data.git"
+    add = ["tool", "add", "listed", "me", "busybox:latest", repo, repo, "csv"]
+    loaded_by(add, env)
+
+    listing, as_json = loaded_by(["tool", "get", "--json"], env)
+    detail, detail_json = loaded_by(["tool", "get", "listed", "--json"], env)
+    table, as_table = loaded_by(["tool", "get"], env)
+
+    assert [tool["name"] for tool in json.loads(listing)["items"]] == ["listed"]
+    assert json.loads(detail)["name"] == "listed"
+    assert "listed" in table
+    for modules in (as_json, detail_json):
+        assert modules.isdisjoint(("rich", *NOT_FOR_THE_REGISTRY)), sorted(modules)
+    assert as_table.isdisjoint(NOT_FOR_THE_REGISTRY), sorted(as_table)

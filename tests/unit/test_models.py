@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from mao_celery.exceptions import InvalidInput, describe_validation_error
 from mao_celery.models import (
+    MAX_GIT_URL_LEN,
     NAME_RE,
     TERMINAL_STATUSES,
     Dataset,
@@ -514,3 +515,8 @@ def test_describe_validation_error_names_value_when_there_is_no_field() -> None:
 def test_validate_git_url_refuses_a_query_or_fragment(url: str) -> None:
     with pytest.raises(ValueError, match="a query or fragment"):
         validate_git_url(url)
+
+
+def test_a_git_url_longer_than_the_limit_is_refused_without_showing_it() -> None:
+    with pytest.raises(ValueError, match=f"longer than {MAX_GIT_URL_LEN} characters$"):
+        validate_git_url("https://h/" + "a:" * MAX_GIT_URL_LEN)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from mao_celery.models import InvalidControlFile, Notification, RunReport, RunStatus, SpikeResult
 from mao_celery.render import (
     STAGES,
+    age,
     interrupted_line,
     notification_row,
+    removed_tool_line,
     report_lines,
     run_row,
     stage_line,
@@ -158,3 +161,22 @@ def test_interrupted_runs_are_told_in_one_line() -> None:
     assert interrupted_line(["r1", "r2"]) == (
         "shutdown: interrupted 2 run(s), their containers stopped: r1 r2"
     )
+
+
+def test_a_removed_tool_is_told_with_its_schedule_and_the_data_directory_kept() -> None:
+    assert removed_tool_line("demo", False, None) == "tool demo removed; it had no schedule"
+    assert removed_tool_line("demo", True, Path("/srv/mao/demo")) == (
+        "tool demo removed; its schedule on this node removed too; "
+        "its data directory /srv/mao/demo is kept"
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s ago"), (119, "119s ago"), (120, "2m ago"), (7199, "119m ago"), (7200, "2h ago"),
+     (172799, "47h ago"), (172800, "2d ago"), (-5, "0s ago")],
+)  # fmt: skip
+def test_an_age_is_shown_in_its_largest_whole_unit(seconds: int, shown: str) -> None:
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+
+    assert age(now - timedelta(seconds=seconds), now) == shown

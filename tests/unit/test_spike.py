@@ -6,18 +6,22 @@ import math
 import os
 import random
 import re
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mao_celery.exceptions import InvalidInput, NotFound
-from mao_celery.models import InvalidControlFile
+from mao_celery.models import ControlMarker, InvalidControlFile
 from mao_celery.spike import (
+    INVALID_READS_MAX,
+    LISTED_MAX,
+    control_marker,
     detect_spike,
     evaluate,
-    list_control_names,
     order_control_names,
     parse_control_value,
 )
@@ -289,6 +293,8 @@ def test_evaluate_never_raises_for_finite_input(
 
 # detection over a directory
 
+NOTHING_BEFORE = ControlMarker()
+
 
 def write(path: Path, content: str | bytes) -> None:
     if isinstance(content, str):
@@ -296,68 +302,151 @@ def write(path: Path, content: str | bytes) -> None:
     path.write_bytes(content)
 
 
-def test_detect_spike_reads_valid_files_and_reports_every_other_entry(tmp_path: Path) -> None:
-    contents: dict[str, str | bytes] = {
-        "9": "100\n",
-        "10": "102",
-        "11": " 146 \n",
-        "1": "",
-        "2": "abc",
-        "3": "value\n5\n",
-        "4": "NaN",
-        "5": "inf",
-        "6": "1,2",
-        "7": b"\xff\xfe5",
-        "8": "1" * 5000,
-    }
+def write_controls(directory: Path, contents: dict[str, str | bytes]) -> None:
     for value, content in contents.items():
-        write(tmp_path / control(value), content)
-    (tmp_path / control("12")).mkdir()
-    (tmp_path / control("13")).symlink_to(tmp_path / control("9"))
-    os.mkfifo(tmp_path / control("14"))
+        write(directory / control(value), content)
+
+
+def test_detect_spike_reads_the_newest_files_and_reports_what_it_skipped(tmp_path: Path) -> None:
+    contents: dict[str, str | bytes] = {
+        "1": "7",
+        "2": "9",
+        "3": "100\n",
+        "4": "",
+        "5": "abc",
+        "6": "value\n5\n",
+        "7": "NaN",
+        "8": "102",
+        "9": "inf",
+        "10": "1,2",
+        "11": b"\xff\xfe5",
+        "12": "1" * 5000,
+        "13": " 146 \n",
+    }
+    write_controls(tmp_path, contents)
+    (tmp_path / control("14")).mkdir()
+    (tmp_path / control("15")).symlink_to(tmp_path / control("13"))
+    os.mkfifo(tmp_path / control("16"))
     write(tmp_path / "notes.txt", "999")
-    write(tmp_path / "CONTROL-15.csv", "999")
-    write(tmp_path / "control-16.csv.bak", "999")
+    write(tmp_path / "CONTROL-17.csv", "999")
+    write(tmp_path / "control-18.csv.bak", "999")
     (tmp_path / "sub").mkdir()
-    write(tmp_path / "sub" / control("17"), "999")
+    write(tmp_path / "sub" / control("19"), "999")
 
-    result = detect_spike(
-        tmp_path,
-        window=2,
-        threshold_pct=20,
-        seen_before=[control("9"), control("10"), control("1"), control("12"), "gone.csv"],
-    )
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=NOTHING_BEFORE)
 
-    assert result.window == 2
-    assert result.threshold_pct == 20
-    assert result.files == controls("9", "10", "11")
+    assert (result.window, result.threshold_pct) == (2, 20)
+    assert result.files == controls("3", "8", "13")
     assert result.values == [100, 102, 146]
     assert result.invalid == [
-        InvalidControlFile(name=control("1"), reason="empty"),
-        InvalidControlFile(name=control("2"), reason="not a finite number: 'abc'"),
-        InvalidControlFile(name=control("3"), reason="2 lines; expected one line with one number"),
-        InvalidControlFile(name=control("4"), reason="not a finite number: 'NaN'"),
-        InvalidControlFile(name=control("5"), reason="not a finite number: 'inf'"),
-        InvalidControlFile(name=control("6"), reason="2 values; expected exactly one number"),
-        InvalidControlFile(name=control("7"), reason="not UTF-8 text"),
-        InvalidControlFile(name=control("8"), reason="larger than 4096 bytes"),
+        InvalidControlFile(name=control("12"), reason="larger than 4096 bytes"),
+        InvalidControlFile(name=control("11"), reason="not UTF-8 text"),
+        InvalidControlFile(name=control("10"), reason="2 values; expected exactly one number"),
+        InvalidControlFile(name=control("9"), reason="not a finite number: 'inf'"),
+        InvalidControlFile(name=control("7"), reason="not a finite number: 'NaN'"),
+        InvalidControlFile(name=control("6"), reason="2 lines; expected one line with one number"),
+        InvalidControlFile(name=control("5"), reason="not a finite number: 'abc'"),
+        InvalidControlFile(name=control("4"), reason="empty"),
     ]
-    assert result.ignored == controls("12", "13", "14")
-    assert result.new_files == controls("2", "3", "4", "5", "6", "7", "8", "11")
-    assert result.latest == 146
-    assert result.baseline == 101
-    assert result.difference == 45
+    assert result.ignored == controls("14", "15", "16")
+    assert (result.control_files, result.new_file_count) == (16, 13)
+    assert result.new_files == controls(*map(str, range(4, 14)))
+    assert (result.latest, result.baseline, result.difference) == (146, 101, 45)
     assert result.gain_pct == pytest.approx(44.554, abs=1e-3)
     assert result.spike is True
     assert result.reason == "gain +44.6% exceeds threshold 20.0%"
     assert result.compliance_warning is None
 
 
+def test_detect_spike_stops_reading_after_too_many_invalid_files(tmp_path: Path) -> None:
+    write_controls(tmp_path, {str(value): "1" for value in range(3)})
+    write_controls(tmp_path, {str(value): "x" for value in range(3, 3 + INVALID_READS_MAX + 5)})
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=NOTHING_BEFORE)
+    assert len(result.invalid) == INVALID_READS_MAX
+    assert (result.files, result.spike) == ([], False)
+    assert result.reason == (
+        "insufficient data: 0 valid control files, need 3; "
+        f"stopped reading after {INVALID_READS_MAX} invalid control files"
+    )
+
+
+def age(path: Path, seconds: int) -> None:
+    """Set the modification time of `path` `seconds` into the past (tests write within a tick)."""
+    mtime_ns = path.lstat().st_mtime_ns - seconds * 10**9
+    os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+
+def test_control_marker_names_the_newest_file_in_detection_order(tmp_path: Path) -> None:
+    assert control_marker(tmp_path) == ControlMarker()
+    write_controls(tmp_path, {"9": "1", "10": "2"})
+    (tmp_path / control("11")).mkdir()
+    assert control_marker(tmp_path) == ControlMarker(
+        files=2,
+        newest=control("10"),
+        newest_mtime_ns=(tmp_path / control("10")).stat().st_mtime_ns,
+    )
+
+
+def test_files_after_the_marker_are_new_and_older_ones_are_not(tmp_path: Path) -> None:
+    write_controls(tmp_path, {"1": "10", "2": "10", "3": "10"})
+    before = control_marker(tmp_path)
+    write_controls(tmp_path, {"4": "11", "0": "10"})  # a newer snapshot, and a back-filled one
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=before)
+    assert (result.new_files, result.new_file_count, result.control_files) == (
+        [control("4")],
+        1,
+        5,
+    )
+    assert result.compliance_warning is None
+
+
+@pytest.mark.parametrize("rewritten", ["3", "2"])
+def test_a_rewritten_newest_file_is_new_and_an_older_one_is_not(
+    tmp_path: Path, rewritten: str
+) -> None:
+    write_controls(tmp_path, {"1": "10", "2": "10", "3": "10"})
+    age(tmp_path / control("3"), 60)
+    before = control_marker(tmp_path)
+    write_controls(tmp_path, {rewritten: "12"})
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=before)
+    assert result.new_files == ([control("3")] if rewritten == "3" else [])
+
+
+def test_a_deleted_newest_file_leaves_the_files_written_since_as_new(tmp_path: Path) -> None:
+    write_controls(tmp_path, {"1": "10", "2": "10", "30": "10"})
+    for value in ("1", "2", "30"):
+        age(tmp_path / control(value), 60)
+    before = control_marker(tmp_path)
+    (tmp_path / control("30")).unlink()
+    write_controls(tmp_path, {"3": "11"})  # the tool started its numbering again
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=before)
+    assert (result.new_files, result.new_file_count) == ([control("3")], 1)
+
+
+def test_deleting_files_is_not_writing_a_new_one(tmp_path: Path) -> None:
+    write_controls(tmp_path, {"1": "10", "2": "10", "3": "10", "4": "10"})
+    before = control_marker(tmp_path)
+    (tmp_path / control("1")).unlink()
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=before)
+    assert (result.new_files, result.new_file_count) == ([], 0)
+    assert result.compliance_warning is not None
+
+
+def test_only_the_newest_new_files_are_listed_and_all_are_counted(tmp_path: Path) -> None:
+    write_controls(tmp_path, {str(value): "1" for value in range(50)})
+    for value in range(50):
+        (tmp_path / control(f"d{value}")).mkdir()
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=NOTHING_BEFORE)
+    assert result.new_file_count == 50
+    assert result.new_files == controls(*map(str, range(50 - LISTED_MAX, 50)))
+    assert result.control_files == 100
+    assert len(result.ignored) == LISTED_MAX
+
+
 def test_detect_spike_warns_when_the_run_made_no_new_control_file(tmp_path: Path) -> None:
-    for value, content in [("1", "10"), ("2", "10"), ("3", "11")]:
-        write(tmp_path / control(value), content)
-    result = detect_spike(tmp_path, window=2, threshold_pct=20, seen_before=controls("1", "2", "3"))
-    assert result.new_files == []
+    write_controls(tmp_path, {"1": "10", "2": "10", "3": "11"})
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=control_marker(tmp_path))
+    assert (result.new_files, result.new_file_count) == ([], 0)
     assert result.compliance_warning is not None
     assert "no new control file" in result.compliance_warning
     assert result.spike is False
@@ -365,9 +454,8 @@ def test_detect_spike_warns_when_the_run_made_no_new_control_file(tmp_path: Path
 
 
 def test_detect_spike_orders_mixed_names_as_strings(tmp_path: Path) -> None:
-    for value, content in [("9", "1"), ("10", "2"), ("latest", "3")]:
-        write(tmp_path / control(value), content)
-    result = detect_spike(tmp_path, window=2, threshold_pct=20, seen_before=())
+    write_controls(tmp_path, {"9": "1", "10": "2", "latest": "3"})
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=NOTHING_BEFORE)
     assert result.files == controls("10", "9", "latest")
     assert result.values == [2, 1, 3]
     assert result.new_files == result.files
@@ -375,16 +463,15 @@ def test_detect_spike_orders_mixed_names_as_strings(tmp_path: Path) -> None:
 
 
 def test_detect_spike_invalid_name_does_not_change_the_numeric_order(tmp_path: Path) -> None:
-    for value, content in [("9", "1"), ("10", "2"), ("11", "3"), ("", "4")]:
-        write(tmp_path / control(value), content)
-    result = detect_spike(tmp_path, window=2, threshold_pct=20, seen_before=())
+    write_controls(tmp_path, {"9": "1", "10": "2", "11": "3", "": "4"})
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=NOTHING_BEFORE)
     assert result.files == controls("9", "10", "11")
     assert result.invalid == [InvalidControlFile(name="control-.csv", reason="empty value part")]
 
 
 def test_detect_spike_with_too_few_files_reports_insufficient_data(tmp_path: Path) -> None:
     write(tmp_path / control("1"), "5")
-    result = detect_spike(tmp_path, window=2, threshold_pct=20, seen_before=())
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=NOTHING_BEFORE)
     assert result.files == [control("1")]
     assert result.latest == 5
     assert (result.baseline, result.difference, result.gain_pct, result.spike) == (
@@ -397,9 +484,20 @@ def test_detect_spike_with_too_few_files_reports_insufficient_data(tmp_path: Pat
 
 
 def test_detect_spike_of_an_empty_directory_has_no_values(tmp_path: Path) -> None:
-    result = detect_spike(tmp_path, window=2, threshold_pct=20, seen_before=())
+    result = detect_spike(tmp_path, window=2, threshold_pct=20, before=NOTHING_BEFORE)
     assert (result.files, result.values, result.latest, result.spike) == ([], [], None, False)
+    assert (result.control_files, result.new_file_count) == (0, 0)
     assert result.compliance_warning is not None
+
+
+@pytest.mark.parametrize(("window", "threshold_pct"), [(0, 20), (2, -1)])
+def test_detect_spike_refuses_invalid_settings_before_reading(
+    tmp_path: Path, window: int, threshold_pct: float
+) -> None:
+    with pytest.raises(InvalidInput, match=r"^spike (window|threshold) "):
+        detect_spike(
+            tmp_path / "missing", window=window, threshold_pct=threshold_pct, before=NOTHING_BEFORE
+        )
 
 
 @pytest.mark.parametrize("exists_as_file", [False, True])
@@ -408,15 +506,93 @@ def test_detect_spike_missing_directory_is_not_found(tmp_path: Path, exists_as_f
     if exists_as_file:
         write(missing, "a file, not a directory")
     with pytest.raises(NotFound, match=re.escape(str(missing))):
-        detect_spike(missing, window=2, threshold_pct=20, seen_before=())
+        detect_spike(missing, window=2, threshold_pct=20, before=NOTHING_BEFORE)
     with pytest.raises(NotFound, match=re.escape(str(missing))):
-        list_control_names(missing)
+        control_marker(missing)
 
 
-def test_list_control_names_lists_every_kind_in_detection_order(tmp_path: Path) -> None:
-    write(tmp_path / control("10"), "1")
-    write(tmp_path / control("9"), "not a number")
-    (tmp_path / control("2")).mkdir()
-    (tmp_path / control("1")).symlink_to(tmp_path / "nowhere")
-    write(tmp_path / "other.csv", "1")
-    assert list_control_names(tmp_path) == controls("1", "2", "9", "10")
+# the selection of the newest files gives the verdict of the full sort
+
+
+def reference_verdict(
+    directory: Path, window: int, threshold_pct: float
+) -> tuple[list[str], tuple[float | None, float | None, float | None, bool, str]]:
+    """The rule as it was before the selection: read every regular control file, sort all the
+    valid ones, evaluate the last window + 1."""
+    valid: dict[str, float] = {}
+    for entry in os.scandir(directory):
+        if not entry.name.startswith("control-") or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if value_of(entry.name):
+                valid[entry.name] = parse_control_value(Path(entry.path).read_text())
+        except (InvalidInput, UnicodeDecodeError):
+            continue
+    files = order_control_names(valid)
+    values = [valid[name] for name in files]
+    return files[-window - 1 :], evaluate(values, window=window, threshold_pct=threshold_pct)
+
+
+value_parts = st.one_of(
+    st.integers(-50, 50).map(str),
+    st.floats(-1e3, 1e3).map(repr),
+    st.sampled_from(["1.0", "01", "1e1", "2024-01-31", "2024-02-01", "latest", "", "nan"]),
+)
+contents = st.one_of(
+    st.floats(-1e3, 1e3).map(repr), st.sampled_from(["", "abc", "1 2", "inf", "5\n\n"])
+)
+
+
+def bounded_invalid(directory_contents: dict[str, str]) -> bool:
+    invalid = 0
+    for part, content in directory_contents.items():
+        try:
+            parse_control_value(content)
+            invalid += part == ""
+        except InvalidInput:
+            invalid += 1
+    return invalid < INVALID_READS_MAX
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(value_parts, contents, max_size=30).filter(bounded_invalid),
+    st.integers(1, 5),
+    st.sampled_from([0.0, 10.0, 20.0]),
+)
+def test_the_newest_selection_gives_the_verdict_of_the_full_sort(
+    directory_contents: dict[str, str], window: int, threshold_pct: float
+) -> None:
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        write_controls(directory, dict[str, str | bytes](directory_contents))
+        files, verdict = reference_verdict(directory, window, threshold_pct)
+        result = detect_spike(
+            directory, window=window, threshold_pct=threshold_pct, before=NOTHING_BEFORE
+        )
+    assert result.files == files
+    assert (result.baseline, result.difference, result.gain_pct, result.spike, result.reason) == (
+        verdict
+    )
+    assert result.control_files == result.new_file_count == len(directory_contents)
+
+
+@given(st.lists(st.one_of(finite_floats.map(repr), st.text(max_size=8)), max_size=30))
+def test_the_marker_names_the_last_of_the_detection_order(values: list[str]) -> None:
+    names = {name for name in controls(*values) if "/" not in name and "\x00" not in name}
+    with tempfile.TemporaryDirectory() as directory:
+        for name in names:
+            write(Path(directory) / name, "1")
+        marker = control_marker(Path(directory))
+    ordered = order_control_names(names)
+    assert (marker.files, marker.newest) == (len(names), ordered[-1] if ordered else None)
+
+
+def test_a_baseline_of_values_at_the_float_limit_is_finite() -> None:
+    biggest = sys.float_info.max
+
+    baseline, _, _, spike, _ = evaluate([biggest, biggest, biggest, 0.0], window=3, threshold_pct=0)
+
+    assert baseline is not None
+    assert math.isfinite(baseline)
+    assert spike

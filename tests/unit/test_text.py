@@ -8,7 +8,14 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from mao_celery.text import REDACTED, printable, printable_lines, redact_url, redact_urls
+from mao_celery.text import (
+    REDACTED,
+    SHOWN_MAX,
+    printable,
+    printable_lines,
+    redact_url,
+    redact_urls,
+)
 
 INJECTIONS = {
     "newline": ("a\nb", "a\\nb"),
@@ -122,3 +129,15 @@ def test_redact_urls_masks_each_url_in_a_text() -> None:
     text = "invalid git URL 'https://a:S3cret@h/r': see ssh://git:Pw@h/x, git@h:x"
 
     assert redact_urls(text) == "invalid git URL 'https://***@h/r': see ssh://git:***@h/x, git@h:x"
+
+
+def test_a_huge_value_is_shown_cut_and_redacted_in_bounded_time() -> None:
+    hostile = "https://u:secret@h/" + "a:" * 500_000  # quadratic for a naive password regex
+
+    shown = redact_url(hostile)
+    in_text = redact_urls(f"fatal: {hostile}")
+
+    assert len(shown) <= SHOWN_MAX + 3
+    assert shown.endswith("...")
+    assert "secret" not in shown
+    assert "secret" not in in_text
