@@ -27,6 +27,7 @@ value from outside (a notification, a registry entry, a tool's output) cannot fo
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery import Celery
@@ -121,8 +122,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def configure(celery: Celery, settings: Settings) -> None:
-    """Configure `celery` for a node with `settings` (before it sends or runs a task)."""
-    celery.conf.update(celery_config(settings))
+    """Configure `celery` for a node with `settings` (before it sends or runs a task).
+
+    Celery keeps its broker connections (the connection and producer pools, the result
+    backend) across `conf.update`: when a process builds a node on another Redis after using
+    one (tests, a bench), they are dropped, else its tasks would still go to the first Redis."""
+    config = celery_config(settings)
+    if celery._pool is not None and celery.conf.broker_url != config["broker_url"]:
+        celery._pool.force_close_all()
+        celery._pool = None
+        celery.amqp._producer_pool = None
+        celery._local = threading.local()  # the result backend, built per thread on first use
+    celery.conf.update(config)
 
 
 def consume_host_queue(sender: str, instance: Any, **_: Any) -> None:

@@ -29,6 +29,13 @@ from tests.helpers import RUN_WAIT_S, wait_until
 # starve the others, whose worker restarts and sweeps are timed.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("heavy")]
 
+
+@pytest.fixture
+def redis_url(own_redis_url: str) -> str:
+    """The node's Redis: a server of this test's own (many workers and queues per test)."""
+    return own_redis_url
+
+
 RUNS = 100
 RESUMED_RUNS = 10
 HELD = (

@@ -23,6 +23,13 @@ from tests.helpers import register, run_containers, wait_for, wait_until
 # starve the others, whose worker restarts and sweeps are timed.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("heavy")]
 
+
+@pytest.fixture
+def redis_url(own_redis_url: str) -> str:
+    """The node's Redis: a server of this test's own (many workers and queues per test)."""
+    return own_redis_url
+
+
 RUNS = 12
 LOST_AFTER_S = 3
 TOOL = (
