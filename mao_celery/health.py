@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import docker
 import pyetcd
 import redis
 from pyetcd import etcdrpc
@@ -290,6 +289,8 @@ def _database_out_of_range(url: str, shown: str) -> str:
 
 def check_docker() -> Check:
     """The Docker daemon named by the environment (DOCKER_HOST, or the default socket) answers."""
+    import docker  # here: `tool run` imports this module for its worker ping, not for Docker
+
     try:
         client = docker.from_env(timeout=5)
         version = client.version()["Version"]

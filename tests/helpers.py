@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import docker
 import pytest
 
-from mao_celery.models import RunReport
+from mao_celery.models import RunReport, Tool
 from tests.fixtures.node import REPO_ROOT, NodeUnderTest
 
 T = TypeVar("T")
@@ -169,3 +169,17 @@ class Script:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+
+
+def make_tool(name: str, **fields: Any) -> Tool:
+    """A valid registry tool `name` of author "tester" on example.org repositories; `fields`
+    override or add fields (e.g. `description`, `created_by`)."""
+    base = {
+        "name": name,
+        "author": "tester",
+        "image": "mao-demo:latest",
+        "data_repo": "https://example.org/data.git",
+        "code_repo": "https://example.org/code",
+        "artefact": "csv",
+    }
+    return Tool.model_validate(base | fields)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
@@ -189,3 +189,27 @@ json_option = click.option(
     callback=_remember_json,
     help="Print JSON for scripts (errors too, on stderr).",
 )
+
+
+TABLE_PAGE = 100
+"""Entries a listing's table shows when --limit is not given (its JSON: all of them)."""
+
+
+def paging_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The --limit and --after options of a listing shown a page at a time (`schedule list`,
+    `tool get`, `dataset get`)."""
+    limit = click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        help=f"List at most N entries (default: {TABLE_PAGE} in the table, all with --json).",
+    )
+    after = click.option(
+        "--after", metavar="NAME", help="List the entries whose name sorts after NAME."
+    )
+    return limit(after(command))
+
+
+def page_size(limit: int | None, as_json: bool) -> int | None:
+    """How many entries a paged listing reads: `limit`, else all for JSON (None), else
+    `TABLE_PAGE` for the table."""
+    return limit if limit is not None or as_json else TABLE_PAGE

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from mao_celery import render, tools
-from mao_celery.commands.common import MaoGroup, current_node, json_option
-from mao_celery.commands.schedule import paging_options
+from mao_celery.commands.common import MaoGroup, current_node, json_option, paging_options
 from mao_celery.commands.tool import show_listing
 
 

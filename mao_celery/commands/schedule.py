@@ -1,7 +1,5 @@
 """`maoctl schedule ...`: this node's tool schedules; also the arguments and options of a
-schedule request, which `maoctl tool schedule` shares (`schedule_options`, `add_schedule`), and
-the --limit/--after options of the listings shown a page at a time (`paging_options`), which
-`tool get` and `dataset get` share."""
+schedule request, which `maoctl tool schedule` shares (`schedule_options`, `add_schedule`)."""
 
 from __future__ import annotations
 
@@ -11,7 +9,13 @@ from typing import Any
 import click
 
 from mao_celery import render, tools
-from mao_celery.commands.common import MaoGroup, current_node, json_option
+from mao_celery.commands.common import (
+    MaoGroup,
+    current_node,
+    json_option,
+    page_size,
+    paging_options,
+)
 
 PERIODS = ("daily", "weekly")
 SCHEDULE_COMMANDS = ("add", "list", "remove", "pause", "resume", "next")
@@ -31,24 +35,6 @@ change fires once, at the end of the gap; a repeated time fires once (hour field
 A tool has at most one schedule: scheduling it again replaces the old one. A fire whose run
 cannot start (etcd or Redis away) is retried for about 30 s, then recorded as a failed run.
 """
-
-
-TABLE_PAGE = 100
-"""Entries a listing's table shows when --limit is not given (its JSON: all of them)."""
-
-
-def paging_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The --limit and --after options of a listing shown a page at a time (`schedule list`,
-    `tool get`, `dataset get`)."""
-    limit = click.option(
-        "--limit",
-        type=click.IntRange(min=1),
-        help=f"List at most N entries (default: {TABLE_PAGE} in the table, all with --json).",
-    )
-    after = click.option(
-        "--after", metavar="NAME", help="List the entries whose name sorts after NAME."
-    )
-    return limit(after(command))
 
 
 def _period(ctx: click.Context, _: click.Parameter, value: str | None) -> str | None:
@@ -109,7 +95,7 @@ def schedule_list(as_json: bool, limit: int | None, after: str | None) -> None:
     An entry that cannot be read is listed as invalid with its key (and a warning on stderr);
     `schedule remove NAME` removes it.
     """
-    size = limit if limit is not None or as_json else TABLE_PAGE
+    size = page_size(limit, as_json)
     infos, next_after = tools.list_schedules(current_node(), after, size)
     render.warn_invalid_schedules(infos)
     render.show_schedules(infos, next_after, as_json, limit)

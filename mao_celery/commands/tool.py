@@ -17,17 +17,13 @@ from mao_celery.commands.common import (
     MaoGroup,
     current_node,
     json_option,
+    page_size,
+    paging_options,
     show_entry,
     show_error,
     show_report,
 )
-from mao_celery.commands.schedule import (
-    SCHEDULE_HELP,
-    TABLE_PAGE,
-    add_schedule,
-    paging_options,
-    schedule_options,
-)
+from mao_celery.commands.schedule import SCHEDULE_HELP, add_schedule, schedule_options
 from mao_celery.exceptions import MaoError
 
 if TYPE_CHECKING:
@@ -53,7 +49,7 @@ def show_listing(
         if limit is not None or after is not None:
             raise click.UsageError("--limit and --after page a listing: give them without NAME")
         return show_entry(kind, name, as_json)
-    size = limit if limit is not None or as_json else TABLE_PAGE
+    size = page_size(limit, as_json)
     page = tools.collection(current_node(), kind).page(start_after=after, limit=size)
     render.warn_invalid(page.invalid)
     render.show_page(kind, page, as_json, limit)

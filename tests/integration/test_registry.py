@@ -18,6 +18,7 @@ from mao_celery.node_state import CURSOR_KEY
 from mao_celery.periodic import Listener, log_notification
 from mao_celery.registry import Registry, connect
 from mao_celery.settings import load_settings
+from tests import helpers
 from tests.fixtures.node import NodeUnderTest
 from tests.fixtures.services import EtcdCluster, EtcdServer, connect_etcd, free_ports
 from tests.helpers import listing, wait_until
@@ -31,13 +32,9 @@ MEMBER_GONE_WITHIN_S = 6.0
 
 
 def make_tool(name: str, author: str = "tester") -> Tool:
-    return Tool(
-        name=name,
+    return helpers.make_tool(
+        name,
         author=author,
-        image="mao-demo:latest",
-        data_repo="https://example.org/data.git",
-        code_repo="https://example.org/code",
-        artefact="csv",
         description="counts things",
         spike_window=3,
         spike_threshold_pct=12.5,

@@ -13,6 +13,7 @@ import pytest
 
 from mao_celery.models import Tool
 from mao_celery.registry import PAGE_KEYS, Registry
+from tests import helpers
 from tests.fixtures.node import NodeUnderTest
 from tests.fixtures.services import EtcdServer, connect_etcd, free_ports, unique_name
 from tests.helpers import listing, listing_warnings
@@ -32,16 +33,7 @@ GRPC_MESSAGE_LIMIT = 4 * MIB
 
 def make_tool(name: str) -> Tool:
     """A valid tool of about 1 KB."""
-    return Tool(
-        name=name,
-        author="tester",
-        image="mao-demo:latest",
-        data_repo="https://example.org/data.git",
-        code_repo="https://example.org/code",
-        artefact="csv",
-        description="d" * 750,
-        created_by="node-a",
-    )
+    return helpers.make_tool(name, description="d" * 750)
 
 
 def oversized_value(name: str, size: int) -> str:

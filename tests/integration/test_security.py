@@ -21,6 +21,7 @@ import pytest
 from mao_celery.models import Member, Notification, Tool
 from mao_celery.registry import Forbidden, Registry, connect, etcd_endpoint
 from mao_celery.settings import load_settings
+from tests import helpers
 from tests.fixtures.node import REPO_ROOT, NodeUnderTest
 from tests.fixtures.services import (
     EtcdCluster,
@@ -107,15 +108,7 @@ def secure_node(node: NodeUnderTest, etcd: SecureEtcd, name: str = "node-a") -> 
 
 
 def make_tool(name: str) -> Tool:
-    return Tool(
-        name=name,
-        author="tester",
-        image="mao-demo:latest",
-        data_repo="https://example.org/data.git",
-        code_repo="https://example.org/code",
-        artefact="csv",
-        created_by="node-b",
-    )
+    return helpers.make_tool(name, created_by="node-b")
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
