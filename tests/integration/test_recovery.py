@@ -98,8 +98,10 @@ def test_runs_of_a_sigkilled_worker_end_within_60_s_of_its_restart_with_default_
     runs = node.runs()
     since_s = int(time.time())
     recovered_s: list[float] = []
+    run_ids: list[str] = []
     for kill in range(1, KILLS + 1):
         run_id = start_run(node, "crashy")
+        run_ids.append(run_id)
         wait_container_running(docker_client, run_id)
         kill_worker(node_sh)
         wait_until(
@@ -121,7 +123,11 @@ def test_runs_of_a_sigkilled_worker_end_within_60_s_of_its_restart_with_default_
     assert max(recovered_s) <= RECOVERY_LIMIT_S, recovered_s
     starts = (node.importdir / "crashy" / "starts.txt").read_text()
     assert starts.count("start") == KILLS
-    assert len(containers_created(docker_client, "mao.tool=crashy", since_s)) == KILLS
+    created = {
+        run_id: len(containers_created(docker_client, f"mao.run_id={run_id}", since_s))
+        for run_id in run_ids
+    }
+    assert created == dict.fromkeys(run_ids, 1), "one container per run, never a second one"
     assert node_sh.log().count("step resumed") >= KILLS
 
 
