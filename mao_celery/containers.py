@@ -114,6 +114,8 @@ class ContainerSpec:
         environment: extra environment variables.
         log_tail_lines: number of last log lines (stdout and stderr) kept; default 50 (and at
             most `LOG_TAIL_MAX_CHARS` characters).
+        adopt_only: the run's container was created by an earlier task of the run (a resumed
+            step): it is adopted, never created again; when it is gone, `ContainerGone`.
 
     Raises:
         InvalidInput: a limit is not positive, `log_tail_lines` is negative, or `user` is not a
@@ -134,6 +136,7 @@ class ContainerSpec:
     command: list[str] | None = None
     environment: dict[str, str] = field(default_factory=dict)
     log_tail_lines: int = 50
+    adopt_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0 or self.memory_bytes <= 0 or self.log_tail_lines < 0:
@@ -294,7 +297,8 @@ def run_container(
         NotFound: `spec.data_dir` does not exist.
         RunFailed: the image is missing and cannot be pulled, or the container cannot be created
             or started (e.g. its command does not exist in the image).
-        ContainerGone: another task of the same run removed the container first.
+        ContainerGone: another task of the same run removed the container first (or, with
+            `spec.adopt_only`, there is no container to adopt).
         ServiceUnavailable: the Docker daemon did not answer.
     """
     if not spec.data_dir.is_dir():
@@ -498,6 +502,8 @@ def _create_or_adopt(client: docker.DockerClient, spec: ContainerSpec) -> tuple[
     try:
         container = client.containers.get(name)
     except docker.errors.NotFound:
+        if spec.adopt_only:
+            raise
         ensure_image(client, spec.image)
         try:
             container = client.containers.create(**_create_options(spec, name))

@@ -582,6 +582,17 @@ class RunReport(BaseModel):
             return None
         return taker
 
+    @property
+    def resumed_step(self) -> bool:
+        """Whether the newest step was taken before by another task of this run (a resumed
+        step; a Celery retry keeps its task's id and is not one): the container step then
+        adopts the run's container and never creates a second one (recovery.py resumes it only
+        while that container exists)."""
+        taker = self.taken_by
+        if taker is None:
+            return False
+        return any(t.step == taker.step and t.task_id != taker.task_id for t in self.takers)
+
     def updated(self, **changes: Any) -> RunReport:
         """A new report: this one with `changes` (field=value), validated like any report.
 

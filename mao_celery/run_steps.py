@@ -105,6 +105,7 @@ def run(ctx: Node, report: RunReport) -> RunReport:
         nano_cpus=int(cpus * 1e9) if cpus else None,
         network_mode=network,
         read_only_rootfs=read_only_rootfs,
+        adopt_only=report.resumed_step,
     )
     try:
         outcome = containers.run_container(

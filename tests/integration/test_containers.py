@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -481,6 +482,30 @@ def test_container_removed_by_another_task_mid_wait_raises_container_gone(
         with pytest.raises(ContainerGone) as gone:
             waiting.result(timeout=WAIT_LIMIT_S)
     assert gone.value.run_id == run_id
+
+
+def test_a_resumed_step_adopts_the_runs_container_and_never_creates_a_second_one(
+    docker_client: docker.DockerClient,
+    busybox_image: str,
+    new_run_id: Callable[[], str],
+    data_dir: Path,
+) -> None:
+    script = f"echo start >> {DATA_MOUNT}/starts.txt"
+    gone_run, kept_run = new_run_id(), new_run_id()
+    with pytest.raises(ContainerGone) as gone:
+        run_container(
+            docker_client, make_spec(gone_run, data_dir, busybox_image, script, adopt_only=True)
+        )
+    assert gone.value.run_id == gone_run
+    assert containers_of(docker_client, gone_run) == []
+    assert not (data_dir / "starts.txt").exists()
+
+    spec = make_spec(kept_run, data_dir, busybox_image, script)
+    create_run_container(docker_client, spec).start()
+    outcome = run_container(docker_client, replace(spec, adopt_only=True))
+    assert (outcome.adopted, outcome.exit_code) == (True, 0)
+    assert (data_dir / "starts.txt").read_text() == "start\n"
+    assert containers_of(docker_client, kept_run) == []
 
 
 def test_stop_run_containers_stops_only_the_given_runs_and_keeps_them(

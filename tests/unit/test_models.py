@@ -24,6 +24,7 @@ from mao_celery.models import (
     Notification,
     RunReport,
     RunStatus,
+    StepTaker,
     Tool,
     build,
     validate_git_url,
@@ -520,3 +521,31 @@ def test_validate_git_url_refuses_a_query_or_fragment(url: str) -> None:
 def test_a_git_url_longer_than_the_limit_is_refused_without_showing_it() -> None:
     with pytest.raises(ValueError, match=f"longer than {MAX_GIT_URL_LEN} characters$"):
         validate_git_url("https://h/" + "a:" * MAX_GIT_URL_LEN)
+
+
+def taker(step: str, task_id: str) -> StepTaker:
+    return StepTaker(hostname="celery@a", pid=1, task_id=task_id, step=step)
+
+
+@pytest.mark.parametrize(
+    ("takes", "resumed"),
+    [
+        ([], False),
+        ([("prepare", "t0"), ("container", "t1")], False),
+        ([("container", "t1"), ("container", "t1")], False),  # a Celery retry keeps its id
+        ([("prepare", "t0"), ("container", "t1"), ("container", "t2")], True),
+        ([("container", "t1"), ("container", "t2"), ("container", "t2")], True),
+    ],
+)
+def test_a_step_is_resumed_when_another_task_of_the_run_took_it_before(
+    takes: list[tuple[str, str]], resumed: bool
+) -> None:
+    takers = [taker(step, task_id) for step, task_id in takes]
+    report = RunReport(
+        run_id="r1",
+        tool="demo",
+        node="a",
+        takers=takers,
+        taken_by=takers[-1] if takers else None,
+    )
+    assert report.resumed_step is resumed
