@@ -253,36 +253,6 @@ def open_clone(
     return target, remote
 
 
-def ensure_clone(
-    url: str,
-    dest: Path,
-    *,
-    credentials: Path | None = None,
-    branch: str | None = None,
-    limits: gitcmd.GitLimits = gitcmd.DEFAULT_LIMITS,
-    tries: list[str] | None = None,
-) -> bool:
-    """Clone `url` into `dest` unless `dest` is already a directory; True when it cloned.
-
-    An existing directory is reused as it is, never reset or cleaned: tools add files to their
-    data directory between runs (design.md §4, prepare). An old-layout directory is migrated
-    from `url`. `credentials`, `branch`, `limits` and `tries` as for `clone`.
-
-    Raises:
-        InvalidInput: as `clone`, or `dest` is a clone of another repository (e.g. the tool was
-            registered again with another data repository).
-        AlreadyExists, NotFound, ServiceUnavailable: as `clone` (AlreadyExists when `dest` is a
-            file).
-    """
-    if not dest.is_dir():
-        clone(url, dest, credentials=credentials, branch=branch, limits=limits, tries=tries)
-        return True
-    target = _open(dest, url, credentials, limits)
-    if target is not None:
-        _check_origin(dest, target.origin(), url)
-    return False
-
-
 def list_local(importdir: Path) -> list[LocalDataset]:
     """Describe every directory directly under `importdir` whose name is a valid name, by name.
 

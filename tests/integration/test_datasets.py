@@ -339,39 +339,26 @@ def test_update_runs_no_command_from_the_store(
     assert not marker.exists()
 
 
-def test_ensure_clone_clones_once_then_reuses_with_tool_files(
-    upstream: Upstream, importdir: Path
-) -> None:
-    dest = importdir / "demo-tool"
-
-    assert datasets.ensure_clone(str(upstream.bare), dest) is True
-    (dest / "control-2.csv").write_text("12\n")  # what a tool run adds
-    upstream.push_file("upstream-only.csv", "0\n")
-
-    assert datasets.ensure_clone(str(upstream.bare), dest) is False
-    assert listing(dest) == ["control-1.csv", "control-2.csv"]
-
-
-def test_ensure_clone_refuses_a_clone_of_another_repository(
+def test_opening_a_clone_refuses_a_clone_of_another_repository(
     upstream: Upstream, importdir: Path, tmp_path: Path
 ) -> None:
     dest = importdir / "demo-tool"
-    datasets.ensure_clone(str(upstream.bare), dest)
+    datasets.clone(str(upstream.bare), dest)
     other = tmp_path / "other.git"
     run_git("clone", "-q", "--bare", str(upstream.bare), str(other), cwd=tmp_path)
 
     with pytest.raises(InvalidInput, match="is a clone of"):
-        datasets.ensure_clone(str(other), dest)
+        datasets.open_clone(dest, url=str(other))
 
     assert listing(dest) == ["control-1.csv"]
 
 
-def test_ensure_clone_refuses_a_file_in_the_way(upstream: Upstream, importdir: Path) -> None:
+def test_a_clone_refuses_a_file_in_the_way(upstream: Upstream, importdir: Path) -> None:
     dest = importdir / "demo-tool"
     dest.write_text("not a directory")
 
     with pytest.raises(AlreadyExists):
-        datasets.ensure_clone(str(upstream.bare), dest)
+        datasets.clone(str(upstream.bare), dest)
 
     assert dest.read_text() == "not a directory"
 
@@ -539,7 +526,7 @@ def test_a_clone_of_a_branch_checks_out_that_branch(upstream: Upstream, importdi
     run_git("push", "-q", "origin", "v2", cwd=upstream.work)
     dest = importdir / "weather"
 
-    datasets.ensure_clone(str(upstream.bare), dest, branch="v2")
+    datasets.clone(str(upstream.bare), dest, branch="v2")
 
     assert listing(dest) == ["control-1.csv", "control-2.csv"]
     assert datasets.head_commit(dest) == sha

@@ -1,7 +1,7 @@
 """A tool writes anything into its data directory: host-side git must never read it.
 
 Each attack is planted on disk as a tool would (everything under the work tree is the tool's),
-then the host's git paths run (`update`, `ensure_clone`, `list_local`, the prepare step) and the
+then the host's git paths run (`update`, `open_clone`, `list_local`, the prepare step) and the
 payload's marker file must not appear. Before the store existed, `importdir/<tool>/.git` was the
 clone's git dir and each of these payloads ran as the worker's user (root) at the next update.
 """
@@ -268,12 +268,13 @@ def test_update_runs_nothing_a_tool_planted(attack: Attack, plant: str) -> None:
 
 
 @pytest.mark.parametrize("plant", PLANTS)
-def test_ensure_clone_and_list_local_read_the_store_only(
+def test_open_clone_and_list_local_read_the_store_only(
     attack: Attack, importdir: Path, plant: str
 ) -> None:
     PLANTS[plant](attack)
 
-    assert datasets.ensure_clone(attack.upstream.url, attack.data_dir) is False
+    _, remote = datasets.open_clone(attack.data_dir, url=attack.upstream.url)
+    assert remote == attack.upstream.url
     [described] = datasets.list_local(importdir)
 
     assert described.is_git
@@ -450,7 +451,7 @@ def old_layout_clone(upstream: Upstream, dest: Path, marker: Path) -> None:
         config.write(f'[remote "origin"]\n\tuploadpack = touch {marker}; git-upload-pack\n')
 
 
-@pytest.mark.parametrize("entry", ["ensure_clone", "update"])
+@pytest.mark.parametrize("entry", ["open_clone", "update"])
 def test_an_old_layout_directory_is_migrated_without_reading_its_git(
     upstream: Upstream, importdir: Path, tmp_path: Path, entry: str
 ) -> None:
@@ -459,8 +460,8 @@ def test_an_old_layout_directory_is_migrated_without_reading_its_git(
     old_layout_clone(upstream, dest, marker)
     upstream.push_file("control-2.csv", "11\n")
 
-    if entry == "ensure_clone":
-        assert datasets.ensure_clone(upstream.url, dest) is False
+    if entry == "open_clone":
+        datasets.open_clone(dest, url=upstream.url)
     else:
         datasets.update(dest, url=upstream.url)
 
