@@ -11,8 +11,9 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,22 +115,32 @@ def run_containers(docker_client: docker.DockerClient, run_id: str) -> list[str]
     ]
 
 
+@contextlib.contextmanager
 def containers_created(
-    docker_client: docker.DockerClient, label: str, since_s: int
-) -> list[object]:
-    """The daemon's "create" events of containers labelled `label` (`key=value`) from `since_s`
-    (Unix time, s) to now.
+    docker_client: docker.DockerClient, label: str
+) -> Iterator[list[dict[str, Any]]]:
+    """The daemon's "create" events of containers labelled `label` (`key=value`) while the block
+    runs, streamed live into the list yielded.
 
-    Docker's event times are whole seconds: the window ends one second ahead (the call returns
-    then) so that an event of the current second is not missed.
+    Live, not asked for afterwards with `since`: the daemon keeps only its last 256 events, which
+    a suite running beside the test (each container makes several) pushes out within seconds.
     """
-    events = docker_client.events(
-        since=since_s - 1,
-        until=int(time.time()) + 1,
-        filters={"type": "container", "event": "create", "label": label},
-        decode=True,
+    stream = docker_client.events(
+        filters={"type": "container", "event": "create", "label": label}, decode=True
     )
-    return list(events)
+    created: list[dict[str, Any]] = []
+
+    def collect() -> None:
+        with contextlib.suppress(Exception):  # the stream is closed under it at the end
+            created.extend(stream)
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        yield created
+    finally:
+        stream.close()
+        reader.join(timeout=10)
 
 
 class Script:

@@ -119,7 +119,6 @@ def test_a_queued_run_is_cancelled_before_it_starts(
     docker_client: docker.DockerClient,
 ) -> None:
     register(node, "later", tool_image(WRITER), make_data_repo())
-    since = int(time.time())
     queued = start(node, "later")  # no worker yet: the run stays queued
 
     result = maoctl(node, "run", "cancel", queued)
@@ -127,14 +126,15 @@ def test_a_queued_run_is_cancelled_before_it_starts(
     assert result.returncode == 0, result.stderr
     assert f"run {queued} cancelled; tool later is free" in result.stdout
     assert node.runs().get(queued).status == RunStatus.CANCELLED
-    node.start_worker(concurrency=1)  # takes the cancelled run's message first
-    after = start(node, "later")
-    assert wait_for(node, after, lambda r: r.status.terminal).status == RunStatus.SUCCEEDED
+    with containers_created(docker_client, f"mao.run_id={queued}") as created:
+        node.start_worker(concurrency=1)  # takes the cancelled run's message first
+        after = start(node, "later")
+        assert wait_for(node, after, lambda r: r.status.terminal).status == RunStatus.SUCCEEDED
     report = node.runs().get(queued)
     assert report.status == RunStatus.CANCELLED
     assert report.steps_done == []
     assert report.taken_by is None
-    assert containers_created(docker_client, f"mao.run_id={queued}", since) == []
+    assert created == []
 
 
 def test_a_celery_revoke_with_terminate_cancels_the_run_and_frees_the_tool(

@@ -181,9 +181,8 @@ def test_a_tool_asking_for_a_network_the_node_does_not_allow_fails_and_starts_no
     node.start_worker()
     image = tool_image("echo 1 > /usr/src/app/data/control-1.csv")
     register(node, "online", image, make_data_repo(), "--network", "bridge")
-    since_s = int(time.time())
-
-    result = node.maoctl("tool", "run", "online", "--json")
+    with containers_created(docker_client, "mao.tool=online") as created:
+        result = node.maoctl("tool", "run", "online", "--json")
 
     assert result.returncode == 4
     expected = (
@@ -197,7 +196,7 @@ def test_a_tool_asking_for_a_network_the_node_does_not_allow_fails_and_starts_no
         expected,
         "",
     )
-    assert containers_created(docker_client, "mao.tool=online", since_s) == []
+    assert created == []
 
 
 # /proc/net/dev lists the container's interfaces: loopback alone without a network. Reading it
