@@ -5,7 +5,8 @@ Prints medians (seconds) and ratios side by side:
 - `maoctl --help` (target 0.10 s);
 - `maoctl tool get` and `tool get --json` with 100 tools (target 0.30 s);
 - `maoctl tool run` of a minimal image against a bare `docker run --rm` of it (target 1.3 x; the
-  original MAO measured so in issue 14: 0.59 s against 0.47 s, 1.26 x);
+  original MAO measured so in issue 14: 0.59 s against 0.47 s, 1.26 x), and `tool run --no-wait`
+  of it (until the run id is printed; the next command starts once the run ended);
 - throughput: N runs of N tools (each container sleeps `--sleep-s`) queued with
   `tool run --no-wait` one after another and with one `tool run --no-wait A B ...`, until all
   ended, against `xargs -P<concurrency> docker run --rm` of the same containers (target 1.1 x).
@@ -21,6 +22,7 @@ deleted afterwards, and an importdir of its own. Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -57,15 +59,32 @@ def medians(label: str, times: list[float], target: float | None = None, unit: s
     print(f"{label:44}{statistics.median(times):9.3f}{min(times):9.3f}{max(times):9.3f}  {aim}")
 
 
-def interleaved(
-    commands: dict[str, list[str]], env: dict[str, str], runs: int
-) -> dict[str, list[float]]:
-    """Each command's wall times over `runs` interleaved rounds."""
+def interleaved(commands: dict[str, Callable[[], float]], runs: int) -> dict[str, list[float]]:
+    """Each command's wall times (its callable times one) over `runs` interleaved rounds."""
     times: dict[str, list[float]] = {label: [] for label in commands}
     for _ in range(runs):
-        for label, argv in commands.items():
-            times[label].append(timed(argv, env))
+        for label, time_one in commands.items():
+            times[label].append(time_one())
     return times
+
+
+def processes(
+    commands: dict[str, list[str]], env: dict[str, str]
+) -> dict[str, Callable[[], float]]:
+    """For `interleaved`: each command's argv timed as a whole process (`timed`)."""
+    return {label: functools.partial(timed, argv, env) for label, argv in commands.items()}
+
+
+def timed_queue(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time of `argv`, a `maoctl tool run --no-wait` of one tool; then (not timed) waits
+    until its run ended, so that the next command finds the tool free and the workers idle."""
+    started = time.perf_counter()
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if out.returncode:
+        sys.exit(f"tool run --no-wait failed: {out.stderr.strip()}")
+    until(lambda: all_ended(env["MAO_REDIS_URL"], [out.stdout.strip()]), 120)
+    return elapsed
 
 
 def quiet(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -200,7 +219,7 @@ def main() -> None:
         root = Path(tmp)
         url = make_data_repo(root)
         print(f"{'':44}{'median':>9}{'min':>9}{'max':>9}  target  ({args.runs} runs)")
-        help_times = interleaved({"help": [*MAOCTL, "--help"]}, env, args.runs)["help"]
+        help_times = interleaved(processes({"help": [*MAOCTL, "--help"]}, env), args.runs)["help"]
         medians("maoctl --help", help_times, 0.10)
 
         from mao_celery import tools
@@ -217,7 +236,7 @@ def main() -> None:
             "table": [*MAOCTL, "tool", "get"],
             "json": [*MAOCTL, "tool", "get", "--json"],
         }
-        for label, times in interleaved(get, env, args.runs).items():
+        for label, times in interleaved(processes(get, env), args.runs).items():
             medians(f"maoctl tool get ({label}), 100 tools", times, 0.30)
 
         add_tool(env, "bench", IMAGE, url)
@@ -225,8 +244,12 @@ def main() -> None:
         data_dir = root / "importdir" / "bench"
         bare = ["docker", "run", "--rm", "--network", "none"]
         bare += ["-v", f"{data_dir}:/usr/src/app/data", IMAGE]
-        run = {"docker run --rm": bare, "maoctl tool run": [*MAOCTL, "tool", "run", "bench"]}
-        by_command = interleaved(run, env, args.runs)
+        run = processes(
+            {"docker run --rm": bare, "maoctl tool run": [*MAOCTL, "tool", "run", "bench"]}, env
+        )
+        no_wait = [*MAOCTL, "tool", "run", "--no-wait", "bench"]
+        run["maoctl tool run --no-wait"] = functools.partial(timed_queue, no_wait, env)
+        by_command = interleaved(run, args.runs)
         for label, times in by_command.items():
             medians(label, times)
         ratio = statistics.median(by_command["maoctl tool run"]) / statistics.median(

@@ -295,6 +295,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Models that `maoctl tool run` and `tool get` never validate (Dataset, Member, Notification) set
+# `defer_build`: pydantic builds their validators on first use, not at import (start-up time).
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -343,6 +345,8 @@ class Tool(_Model):
 class Dataset(_Model):
     """A registered git-hosted dataset; `branch` is the one cloned (None: the remote's HEAD)."""
 
+    model_config = ConfigDict(defer_build=True)
+
     name: Name
     url: GitUrl
     branch: Branch | None = None
@@ -358,6 +362,8 @@ class Member(_Model):
     ping then (None: not known, e.g. written by an older version); `tools`: the tools it
     schedules (`maoctl tool schedule`), sorted.
     """
+
+    model_config = ConfigDict(defer_build=True)
 
     node_id: NodeId
     hostname: str
@@ -429,6 +435,8 @@ class Notification(_Model):
     `validate_run_id`): every member logs them, so an entry with e.g. a newline in them is refused
     on write and skipped on read.
     """
+
+    model_config = ConfigDict(defer_build=True)
 
     tool: Name
     node: NodeId

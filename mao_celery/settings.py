@@ -8,12 +8,10 @@ The config file is either TOML (`mao.toml`: keys named like the fields below, e.
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 import shlex
 import socket
-import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,6 +59,9 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     Raises:
         InvalidInput: the file is missing or cannot be parsed.
     """
+    import configparser  # here, not at the top: most nodes have no config file (start-up time)
+    import tomllib
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:

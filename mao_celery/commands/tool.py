@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -388,5 +387,7 @@ def tool_history(name: str, limit: int, plot: bool, png: Path | None, as_json: b
         render.write_history_png(chart, png)
         render.note(f"chart of {history.tool} written to {png}")
     if plot:
+        import shutil  # here, not at the top: only --plot needs it (start-up time)
+
         width = render.table_width() or shutil.get_terminal_size().columns
         click.echo(render.plot_history(chart, width))

@@ -1,6 +1,6 @@
 """Importing any module of the project reads no setting and connects nowhere, `maoctl --help` (of
 every group, and of `tool run` and `tool get`) loads none of the heavy libraries (issue 8), and
-`tool get` loads only what reading the registry needs (issue 14: start-up time)."""
+`tool get` and `tool run --no-wait` load only what they need (issue 14: start-up time)."""
 
 import json
 import pkgutil
@@ -37,6 +37,9 @@ HEAVY = (
 """Libraries whose import `maoctl --help` must not pay for (start-up time)."""
 NOT_FOR_THE_REGISTRY = ("celery", "kombu", "redbeat", "docker", "redis", "git", "apprise")
 """Libraries `maoctl tool get` must not pay for: it reads etcd only (rich: tables only)."""
+NOT_FOR_A_RUN = ("rich", "docker", "git", "apprise", "redbeat", "tomllib", "configparser")
+"""What `maoctl tool run --no-wait` must not pay for: it reads etcd and sends a Celery chain over
+Redis (no stage line; no config file given)."""
 SUBCOMMAND_HELPS = [["tool", "run"], ["tool", "get"]]
 """Commands whose `--help` is checked besides the groups' (the ones run most)."""
 LOADED_LIBRARIES = (
@@ -142,3 +145,25 @@ def test_tool_get_loads_neither_celery_nor_redis_nor_docker_and_json_no_rich(
     for modules in (as_json, detail_json):
         assert modules.isdisjoint(("rich", *NOT_FOR_THE_REGISTRY)), sorted(modules)
     assert as_table.isdisjoint(NOT_FOR_THE_REGISTRY), sorted(as_table)
+
+
+def test_tool_run_no_wait_loads_no_stage_line_nor_docker_nor_config_parser(
+    tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str, redis_url: str
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        **POISONED_ENV,
+        "MAO_CONFIG": "",
+        "MAO_REDIS_URL": redis_url,
+        "MAO_ETCD_ENDPOINTS": etcd_server.endpoint,
+        "MAO_ETCD_PREFIX": etcd_prefix,
+    }
+    repo = "https://example.org/data.git"
+    loaded_by(["tool", "add", "queued", "me", "busybox:latest", repo, repo, "csv"], env)
+
+    run_id, modules = loaded_by(["tool", "run", "--no-wait", "queued"], env)
+
+    assert len(run_id.strip()) == 32
+    assert {"celery", "redis", "pyetcd"} <= modules
+    assert modules.isdisjoint(NOT_FOR_A_RUN), sorted(modules)
