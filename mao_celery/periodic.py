@@ -442,7 +442,7 @@ def beat_once(ctx: Node) -> Member:
     """
     conf = ctx.settings
     workers = len(ctx.app.control.ping(timeout=WORKER_PING_TIMEOUT_S) or [])
-    tools = [info.tool for info in ctx.schedules.list_all(ctx.runs)]
+    tools = ctx.schedules.tools()
     return members.heartbeat(
         ctx.registry, ctx.state, conf.node_id, conf.member_ttl_s, workers=workers, tools=tools
     )

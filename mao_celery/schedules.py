@@ -16,7 +16,7 @@ a run as `maoctl tool run` does (periodic.py). RedBeat keeps each entry in a Red
 Every write of an entry is one Redis transaction (`MULTI`) or script. Entries written by older
 versions (a UTC celery `crontab`) are read as a `CronSchedule` in UTC with standard cron
 semantics (`ScheduleJSONDecoder`). An entry that cannot be read is `InvalidState`: beat skips
-it (beat.py), `list_all` shows it as invalid, `remove` deletes it.
+it (beat.py), `list_page` shows it as invalid, `remove` deletes it.
 
 Runs missed while beat was down are not replayed one by one: on restart an overdue entry fires
 once, and its next fire counts from then. While beat runs but no worker does, the fired tasks
@@ -25,7 +25,7 @@ worker finds at most one (a cron entry's do not expire; the tool's lock makes th
 skip while it runs). `resume` does not make up the fires missed while paused.
 
 At scale (issue 14: 10,000 schedules): a paused entry is parked in RedBeat's index (`PARKED`),
-so a beat tick reads only the due entries and the next one; `list_all` reads every entry's fields
+so a beat tick reads only the due entries and the next one; `list_page` reads its entries' fields
 in pipelined HMGETs (`READ_BATCH` entries per round trip) and computes each next fire once.
 """
 
@@ -280,17 +280,21 @@ class ScheduleStore:
         """
         return self._call(lambda: self._upcoming(tool, count))
 
-    def list_all(self, runs: RunStore) -> list[ScheduleInfo]:
-        """The tool schedules, by tool name, invalid ones included, each with its newest fire
-        and that fire's run in `runs`."""
-        return self.list_page(runs)[0]
+    def tools(self) -> list[str]:
+        """The names of the tools with a schedule entry, valid or not, sorted; no entry is read.
+
+        Raises:
+            ServiceUnavailable: Redis did not answer.
+        """
+        return self._call(self._tools)
 
     def list_page(
         self, runs: RunStore, after: str | None = None, limit: int | None = None
     ) -> tuple[list[ScheduleInfo], str | None]:
-        """`list_all`'s schedules whose tool name sorts after `after` (None: from the first), at
-        most `limit` of them (None: all), and the name to pass as `after` for the next page
-        (None: no more). Only the entries of the page are read.
+        """The tool schedules, by tool name, invalid ones included, each with its newest fire and
+        that fire's run in `runs`: those whose tool name sorts after `after` (None: from the
+        first), at most `limit` of them (None: all), and the name to pass as `after` for the next
+        page (None: no more). Only the entries of the page are read.
 
         Raises:
             ValueError: `limit` is below 1.

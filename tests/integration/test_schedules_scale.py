@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from mao_celery.registry import Registry
 from tests.fixtures.node import REPO_ROOT, NodeUnderTest
 from tests.helpers import listing, register, wait_until
 
@@ -33,7 +34,10 @@ the node's settings (RedBeat keeps its Redis settings per Celery app: one node p
 
 
 def test_ten_thousand_schedules_are_listed_and_the_due_one_fires(
-    node: NodeUnderTest, tool_image: Callable[[str], str], make_data_repo: Callable[..., str]
+    node: NodeUnderTest,
+    registry: Registry,
+    tool_image: Callable[[str], str],
+    make_data_repo: Callable[..., str],
 ) -> None:
     written = subprocess.run(
         [sys.executable, "-c", WRITE_SCHEDULES, str(COUNT)],
@@ -70,3 +74,10 @@ def test_ten_thousand_schedules_are_listed_and_the_due_one_fires(
         details=lambda: f"beat log:\n{beat.log()[-4000:]}",
     )
     assert node.runs().recent("tool-00000", 1) == []
+    member = wait_until(
+        lambda: next((m for m in registry.members()[0] if m.node_id == "node-a"), None),
+        30,
+        what="the node's member record, written by the beat's heartbeat",
+    )
+    assert member is not None
+    assert list(member.tools) == expected

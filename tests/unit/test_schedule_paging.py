@@ -1,5 +1,5 @@
 """Reading schedule entries from their stored fields without Redis (`ScheduleEntry.from_fields`,
-what `ScheduleStore.list_all` decodes from its pipelined HMGETs), and the page of a registry
+what `ScheduleStore.list_page` decodes from its pipelined HMGETs), and the page of a registry
 listing as `maoctl tool get` / `dataset get` print it (`render.show_page`)."""
 
 from __future__ import annotations
