@@ -59,6 +59,7 @@ def running_in_container(
     return report
 
 
+@pytest.mark.slow
 def test_cancelling_a_running_run_removes_its_container_and_frees_the_tool_within_5_s(
     node: NodeUnderTest,
     tool_image: Callable[[str], str],
@@ -137,6 +138,7 @@ def test_a_queued_run_is_cancelled_before_it_starts(
     assert created == []
 
 
+@pytest.mark.slow
 def test_a_celery_revoke_with_terminate_cancels_the_run_and_frees_the_tool(
     node: NodeUnderTest,
     tool_image: Callable[[str], str],
@@ -166,6 +168,7 @@ def test_a_celery_revoke_with_terminate_cancels_the_run_and_frees_the_tool(
     assert maoctl(node, "run", "cancel", start(node, "revoked")).returncode == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_tool_run_names_the_run_and_leaves_it_going(
     node: NodeUnderTest,
     tool_image: Callable[[str], str],

@@ -29,7 +29,7 @@ from tests.fixtures.services import free_ports, require_binary
 from tests.helpers import wait_until
 
 # One stack per run: every test of this module shares it, on one xdist worker.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("compose")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("compose")]
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 NODE_IMAGE = "mao-node:test"

@@ -27,7 +27,7 @@ from tests.helpers import RUN_WAIT_S, wait_until
 
 # One xdist worker runs these one after another: the 100 containers of one would otherwise
 # starve the others, whose worker restarts and sweeps are timed.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("heavy")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 
 @pytest.fixture

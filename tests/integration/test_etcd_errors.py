@@ -40,6 +40,7 @@ def no_quorum_message(cluster: EtcdCluster) -> str:
     return f"etcd cluster has no quorum (1 of 3 members answer) at {','.join(cluster.endpoints)}"
 
 
+@pytest.mark.slow
 def test_status_and_registry_commands_say_no_quorum_with_two_of_three_members_down(
     two_members_down: EtcdCluster, node: NodeUnderTest
 ) -> None:
@@ -65,6 +66,7 @@ def test_status_and_registry_commands_say_no_quorum_with_two_of_three_members_do
         assert result.stderr.strip() == f"error: {expected}", result.stderr
 
 
+@pytest.mark.slow
 def test_the_library_raises_the_same_no_quorum_error(
     two_members_down: EtcdCluster, etcd_prefix: str
 ) -> None:

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 SILENT_HOST_FAILS_WITHIN_S = 60.0
 
 
+@pytest.mark.slow
 def test_a_silent_git_host_fails_the_run_within_a_minute_with_default_settings(
     node: NodeUnderTest, tool_image: Callable[[str], str], silent_host: int
 ) -> None:

@@ -52,6 +52,7 @@ def runs(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+@pytest.mark.slow
 def test_the_federation_demo_runs_survives_a_member_stop_and_stops(
     demo_redis: RedisServer, tmp_path: Path
 ) -> None:

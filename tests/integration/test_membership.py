@@ -4,6 +4,8 @@ RedBeat's lock is killed (the heartbeat is a thread of every beat process, perio
 
 import time
 
+import pytest
+
 from mao_celery.models import Member, utcnow
 from mao_celery.registry import Registry
 from tests.fixtures.node import NodeUnderTest
@@ -49,6 +51,7 @@ def with_workers(member: Member | None, workers: int) -> Member | None:
     return member if member is not None and member.workers == workers else None
 
 
+@pytest.mark.slow
 def test_members_show_workers_and_scheduled_tools_and_do_not_flap_when_the_lock_holder_dies(
     node: NodeUnderTest, registry: Registry
 ) -> None:

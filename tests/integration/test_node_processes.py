@@ -109,6 +109,7 @@ def running_containers(docker_client: docker.DockerClient, run_id: str) -> list[
     ]
 
 
+@pytest.mark.slow
 def test_worker_sh_joins_the_federation_and_leaves_it_on_sigterm(
     node: NodeUnderTest, worker_sh: StartScript
 ) -> None:
@@ -141,6 +142,7 @@ def test_worker_sh_joins_the_federation_and_leaves_it_on_sigterm(
     assert "grace period" not in log
 
 
+@pytest.mark.slow
 def test_worker_sh_restarts_a_crashed_beat(node: NodeUnderTest, worker_sh: StartScript) -> None:
     script = worker_sh("all")
     children = subprocess.run(
@@ -166,6 +168,7 @@ def test_worker_sh_restarts_a_crashed_beat(node: NodeUnderTest, worker_sh: Start
     assert script.process.wait(timeout=30) == 0, script.log()
 
 
+@pytest.mark.slow
 def test_a_killed_node_leaves_the_federation_within_the_member_ttl(
     node: NodeUnderTest, worker_sh: StartScript
 ) -> None:
@@ -198,6 +201,7 @@ def stop_with_sigterm(script: Script) -> tuple[int, float]:
     return code, time.monotonic() - signalled
 
 
+@pytest.mark.slow
 def test_a_run_outliving_the_grace_period_is_interrupted_and_its_lock_freed(
     node: NodeUnderTest,
     worker_sh: StartScript,

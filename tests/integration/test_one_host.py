@@ -21,7 +21,7 @@ from tests.helpers import register, run_containers, wait_for, wait_until
 
 # One xdist worker runs these one after another: the 100 containers of one would otherwise
 # starve the others, whose worker restarts and sweeps are timed.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("heavy")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 
 @pytest.fixture

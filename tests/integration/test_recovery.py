@@ -32,7 +32,7 @@ from tests.helpers import (
 
 # One xdist worker runs these one after another: the 100 containers of one would otherwise
 # starve the others, whose worker restarts and sweeps are timed.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("heavy")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 RECOVERY_LIMIT_S = 60.0
 """A killed worker's run ends at most this long after the worker is back (issue 9)."""

@@ -305,6 +305,7 @@ def test_a_worker_killed_mid_container_loses_nothing_and_doubles_nothing(
     assert [n["run_id"] for n in notifications] == [run_id]
 
 
+@pytest.mark.slow
 def test_a_container_outliving_the_visibility_timeout_runs_once_and_notifies_once(
     node: NodeUnderTest,
     tool_image: Callable[[str], str],

@@ -185,6 +185,7 @@ def test_schedule_list_exits_3_when_redis_is_unreachable(node: NodeUnderTest) ->
     assert result.stderr.splitlines()[-1].startswith(f"error: Redis unreachable at {url}")
 
 
+@pytest.mark.slow
 def test_schedules_fire_and_survive_a_redis_outage_and_a_killed_beat(
     node: NodeUnderTest,
     redis_server: RedisServer,
@@ -231,6 +232,7 @@ def test_schedules_fire_and_survive_a_redis_outage_and_a_killed_beat(
     print(f"first firing {waited:.1f} s after a beat replaced a killed one")
 
 
+@pytest.mark.slow
 def test_a_cron_schedule_fires_within_70_s(
     node: NodeUnderTest, spiking_image: str, make_data_repo: Callable[..., str]
 ) -> None:
@@ -260,6 +262,7 @@ def test_a_cron_schedule_fires_within_70_s(
     assert info["last_fired_at"] is not None
 
 
+@pytest.mark.slow
 def test_two_beats_on_one_redis_fire_each_due_run_once(
     node: NodeUnderTest, spiking_image: str, make_data_repo: Callable[..., str]
 ) -> None:
@@ -320,6 +323,7 @@ def test_a_removed_schedule_fires_no_more(
     assert fired(node, "stopped") == after_remove
 
 
+@pytest.mark.slow
 def test_a_node_down_for_several_periods_makes_one_catch_up_run_not_a_burst(
     node: NodeUnderTest, spiking_image: str, make_data_repo: Callable[..., str]
 ) -> None:
@@ -369,6 +373,7 @@ INDEX = "mao:beat::schedule"  # RedBeat's schedule index (key prefix "mao:beat:"
 SKIPPED = "beat: skipped the invalid schedule entry {}"  # mao_celery/beat.py, once per entry
 
 
+@pytest.mark.slow
 def test_invalid_entries_are_skipped_by_beat_listed_and_removed(
     node: NodeUnderTest, spiking_image: str, make_data_repo: Callable[..., str]
 ) -> None:
@@ -424,6 +429,7 @@ def test_invalid_entries_are_skipped_by_beat_listed_and_removed(
     assert [i["tool"] for i in listed(node)] == ["healthy"]
 
 
+@pytest.mark.slow
 def test_pause_and_resume_over_a_tick_boundary(
     node: NodeUnderTest, spiking_image: str, make_data_repo: Callable[..., str]
 ) -> None:
@@ -476,6 +482,7 @@ def ended(node: NodeUnderTest, run_id: str) -> RunReport | None:
     return report if report is not None and report.status.terminal else None
 
 
+@pytest.mark.slow
 def test_a_fire_during_an_etcd_outage_is_retried_then_recorded_as_a_failed_run(
     node: NodeUnderTest,
     etcd_server: EtcdServer,

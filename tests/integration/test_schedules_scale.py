@@ -33,6 +33,7 @@ with Node(load_settings()) as node:
 the node's settings (RedBeat keeps its Redis settings per Celery app: one node per process)."""
 
 
+@pytest.mark.slow
 def test_ten_thousand_schedules_are_listed_and_the_due_one_fires(
     node: NodeUnderTest,
     registry: Registry,
