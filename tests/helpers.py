@@ -38,6 +38,12 @@ TOOL_ARGS = (
 )
 """`tool add NAME` arguments after the name: author, image, data repo, code repo, artefact."""
 WORKER_SH = REPO_ROOT / "worker.sh"
+COUNTING_TOOL = (
+    "cd /usr/src/app/data; echo start >> starts.txt; sleep {sleep_s}; "
+    'echo 100 > "control-$(wc -l < starts.txt).csv"'
+)
+"""A tool's script (format `sleep_s`): counts its starts in starts.txt, sleeps, and writes one new
+control file per run."""
 
 
 def listing(stdout: str) -> list[dict[str, Any]]:
@@ -95,6 +101,14 @@ def register(node: NodeUnderTest, name: str, image: str, data_repo: str, *extra:
         "tool", "add", name, "tester", image, data_repo, "https://example.org/code", "csv", *extra
     )
     assert result.returncode == 0, result.stderr
+
+
+def queue_run(node: NodeUnderTest, tool: str) -> str:
+    """Queue a run of `tool` with `maoctl tool run --no-wait`; its run id (fails the test when
+    maoctl does not exit 0)."""
+    result = maoctl(node, "tool", "run", tool, "--no-wait")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
 
 
 def wait_for(node: NodeUnderTest, run_id: str, until: Callable[[RunReport], bool]) -> RunReport:

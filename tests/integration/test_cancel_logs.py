@@ -22,6 +22,7 @@ from tests.helpers import (
     RUN_WAIT_S,
     containers_created,
     maoctl,
+    queue_run,
     register,
     run_containers,
     wait_for,
@@ -37,13 +38,6 @@ SLEEPER = "echo started; sleep 300"
 cancel must SIGKILL it after the grace."""
 WRITER = "echo 100 > /usr/src/app/data/control-$(date +%s%N).csv"
 """A tool that succeeds at once."""
-
-
-def start(node: NodeUnderTest, tool: str) -> str:
-    """Queue a run of `tool` with `tool run --no-wait`; its run id."""
-    result = maoctl(node, "tool", "run", tool, "--no-wait")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
 
 
 def running_in_container(
@@ -68,7 +62,7 @@ def test_cancelling_a_running_run_removes_its_container_and_frees_the_tool_withi
 ) -> None:
     node.start_worker()
     register(node, "sleeper", tool_image(SLEEPER), make_data_repo())
-    run_id = start(node, "sleeper")
+    run_id = queue_run(node, "sleeper")
     running_in_container(node, docker_client, run_id)
 
     asked = time.monotonic()
@@ -86,7 +80,7 @@ def test_cancelling_a_running_run_removes_its_container_and_frees_the_tool_withi
         what="the tool's lock released by the cancel",
     )
     assert time.monotonic() - asked <= FREE_WITHIN_S
-    second = start(node, "sleeper")  # runnable again while the old container is being stopped
+    second = queue_run(node, "sleeper")  # runnable again while the old container is being stopped
     out, err = cancel.communicate(timeout=60)
 
     assert cancel.returncode == 0, err
@@ -120,7 +114,7 @@ def test_a_queued_run_is_cancelled_before_it_starts(
     docker_client: docker.DockerClient,
 ) -> None:
     register(node, "later", tool_image(WRITER), make_data_repo())
-    queued = start(node, "later")  # no worker yet: the run stays queued
+    queued = queue_run(node, "later")  # no worker yet: the run stays queued
 
     result = maoctl(node, "run", "cancel", queued)
 
@@ -129,7 +123,7 @@ def test_a_queued_run_is_cancelled_before_it_starts(
     assert node.runs().get(queued).status == RunStatus.CANCELLED
     with containers_created(docker_client, f"mao.run_id={queued}") as created:
         node.start_worker(concurrency=1)  # takes the cancelled run's message first
-        after = start(node, "later")
+        after = queue_run(node, "later")
         assert wait_for(node, after, lambda r: r.status.terminal).status == RunStatus.SUCCEEDED
     report = node.runs().get(queued)
     assert report.status == RunStatus.CANCELLED
@@ -147,7 +141,7 @@ def test_a_celery_revoke_with_terminate_cancels_the_run_and_frees_the_tool(
 ) -> None:
     node.start_worker()
     register(node, "revoked", tool_image(SLEEPER), make_data_repo())
-    run_id = start(node, "revoked")
+    run_id = queue_run(node, "revoked")
     report = running_in_container(node, docker_client, run_id)
     assert report.taken_by is not None
 
@@ -165,7 +159,7 @@ def test_a_celery_revoke_with_terminate_cancels_the_run_and_frees_the_tool(
         RUN_WAIT_S,
         what=f"the container of run {run_id} removed",
     )
-    assert maoctl(node, "run", "cancel", start(node, "revoked")).returncode == 0
+    assert maoctl(node, "run", "cancel", queue_run(node, "revoked")).returncode == 0
 
 
 @pytest.mark.slow
@@ -239,7 +233,7 @@ def test_run_logs_follow_streams_a_live_run_to_its_end(
     node.start_worker()
     slow = "echo first; sleep 4; echo last; " + WRITER
     register(node, "slow", tool_image(slow), make_data_repo())
-    run_id = start(node, "slow")
+    run_id = queue_run(node, "slow")
     running_in_container(node, docker_client, run_id)
 
     follow = subprocess.Popen(

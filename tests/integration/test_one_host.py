@@ -17,7 +17,14 @@ from mao_celery.models import RunReport, RunStatus, utcnow
 from mao_celery.node import Node
 from mao_celery.periodic import RECOVER_RUNS
 from tests.fixtures.node import NodeUnderTest
-from tests.helpers import register, run_containers, wait_for, wait_until
+from tests.helpers import (
+    COUNTING_TOOL,
+    queue_run,
+    register,
+    run_containers,
+    wait_for,
+    wait_until,
+)
 
 # One xdist worker runs these one after another: the 100 containers of one would otherwise
 # starve the others, whose worker restarts and sweeps are timed.
@@ -32,17 +39,6 @@ def redis_url(own_redis_url: str) -> str:
 
 RUNS = 12
 LOST_AFTER_S = 3
-TOOL = (
-    "cd /usr/src/app/data; echo start >> starts.txt; sleep {sleep_s}; "
-    'echo 100 > "control-$(wc -l < starts.txt).csv"'
-)
-"""Counts its starts in starts.txt and writes one new control file per run."""
-
-
-def start_run(node: NodeUnderTest, tool: str) -> str:
-    result = node.maoctl("tool", "run", tool, "--no-wait")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def hosts_of(report: RunReport) -> set[str]:
@@ -66,11 +62,11 @@ def test_all_steps_of_each_run_are_taken_on_the_machine_of_its_first_step(
 ) -> None:
     node.start_worker(host="alpha")
     node.start_worker(host="beta")
-    register(node, "split", tool_image(TOOL.format(sleep_s=0)), make_data_repo())
+    register(node, "split", tool_image(COUNTING_TOOL.format(sleep_s=0)), make_data_repo())
 
     reports = []
     for _ in range(RUNS):
-        run_id = start_run(node, "split")
+        run_id = queue_run(node, "split")
         reports.append(wait_for(node, run_id, lambda r: r.status.terminal))
 
     for report in reports:
@@ -99,7 +95,7 @@ def kill_alpha_during_the_container(
     alpha; returns the run id."""
     alpha = node.start_worker(host="alpha")
     register(node, "crashy", image, data_repo)
-    run_id = start_run(node, "crashy")
+    run_id = queue_run(node, "crashy")
     wait_until(
         lambda: container_running(docker_client, run_id),
         60,
@@ -120,7 +116,7 @@ def test_a_killed_workers_run_waits_for_its_machine_and_resumes_there(
     make_data_repo: Callable[..., str],
     docker_client: docker.DockerClient,
 ) -> None:
-    image = tool_image(TOOL.format(sleep_s=5))
+    image = tool_image(COUNTING_TOOL.format(sleep_s=5))
     run_id = kill_alpha_during_the_container(node, docker_client, image, make_data_repo())
 
     node.start_worker(host="alpha")  # its sweep (or beta's, sent on to alpha) resumes the run
@@ -180,11 +176,11 @@ def test_two_machines_pushing_share_one_history_and_each_spike_check_sees_every_
     node.start_worker(host="alpha", env=pushing)
     node.start_worker(host="beta", env=pushing)
     data_repo = make_data_repo()
-    register(node, "shared", tool_image(TOOL.format(sleep_s=0)), data_repo)
+    register(node, "shared", tool_image(COUNTING_TOOL.format(sleep_s=0)), data_repo)
 
     reports = []
     for _ in range(RUNS):
-        run_id = start_run(node, "shared")
+        run_id = queue_run(node, "shared")
         reports.append(wait_for(node, run_id, lambda r: r.status.terminal))
     clones = [node.host_importdir(host) / "shared" for host in ("alpha", "beta")]
     heads = [

@@ -22,8 +22,10 @@ from mao_celery.containers import LABEL_RUN_ID
 from mao_celery.models import RunReport, RunStatus
 from tests.fixtures.node import WORKER_READY_TIMEOUT_S, NodeUnderTest
 from tests.helpers import (
+    COUNTING_TOOL,
     Script,
     containers_created,
+    queue_run,
     register,
     run_containers,
     wait_for,
@@ -38,11 +40,6 @@ RECOVERY_LIMIT_S = 60.0
 """A killed worker's run ends at most this long after the worker is back (issue 9)."""
 KILLS = 5
 CONTAINER_S = 10
-TOOL = (
-    "cd /usr/src/app/data; echo start >> starts.txt; sleep {sleep_s}; "
-    'echo 100 > "control-$(wc -l < starts.txt).csv"'
-)
-"""Counts its starts in starts.txt and writes one new control file per run."""
 WORKER_STARTED = "[worker.sh] worker started (pid "
 
 
@@ -56,12 +53,6 @@ def node_sh(node: NodeUnderTest, tmp_path: Path) -> Iterator[Script]:
         yield script
     finally:
         script.kill_group()
-
-
-def start_run(node: NodeUnderTest, tool: str) -> str:
-    result = node.maoctl("tool", "run", tool, "--no-wait")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def wait_container_running(docker_client: docker.DockerClient, run_id: str) -> None:
@@ -95,13 +86,14 @@ def test_runs_of_a_sigkilled_worker_end_within_60_s_of_its_restart_with_default_
     make_data_repo: Callable[..., str],
     docker_client: docker.DockerClient,
 ) -> None:
-    register(node, "crashy", tool_image(TOOL.format(sleep_s=CONTAINER_S)), make_data_repo())
+    image = tool_image(COUNTING_TOOL.format(sleep_s=CONTAINER_S))
+    register(node, "crashy", image, make_data_repo())
     runs = node.runs()
     recovered_s: list[float] = []
     run_ids: list[str] = []
     with containers_created(docker_client, "mao.tool=crashy") as created:
         for kill in range(1, KILLS + 1):
-            run_id = start_run(node, "crashy")
+            run_id = queue_run(node, "crashy")
             run_ids.append(run_id)
             wait_container_running(docker_client, run_id)
             kill_worker(node_sh)
@@ -141,7 +133,7 @@ def test_a_run_whose_container_is_gone_is_failed_as_lost_with_its_last_state(
 ) -> None:
     worker = node.start_worker()
     register(node, "vanished", tool_image("sleep 60"), make_data_repo())
-    run_id = start_run(node, "vanished")
+    run_id = queue_run(node, "vanished")
     wait_container_running(docker_client, run_id)
     taken_by = node.runs().get(run_id).taken_by
     worker.kill(signal.SIGKILL)
