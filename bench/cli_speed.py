@@ -24,33 +24,22 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import docker
 import redis
-from run_overhead import BASE, REPO_ROOT, make_data_repo, own_redis, timed
+from run_overhead import REPO_ROOT, bench_env, build_image, make_data_repo, timed
 
 IMAGE = "mao-bench-minimal:latest"
 SLEEP_IMAGE = "mao-bench-sleep:latest"
 WRITE_CONTROL = "echo 1 > /usr/src/app/data/control-$(date +%s%N).csv"
 MAOCTL = [sys.executable, str(REPO_ROOT / "cli.py")]
-
-
-def build_image(tag: str, script: str) -> None:
-    """Build `tag` from the test base image, running `sh -c script`."""
-    dockerfile = f"FROM {BASE}\nCMD {json.dumps(['sh', '-c', script])}\n"
-    with tempfile.TemporaryDirectory() as context:
-        (Path(context) / "Dockerfile").write_text(dockerfile)
-        docker.from_env().images.build(path=context, tag=tag, rm=True)
 
 
 def medians(label: str, times: list[float], target: float | None = None, unit: str = "s") -> None:
@@ -98,15 +87,7 @@ def quiet(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 def bench_node(root: Path, concurrency: int) -> Iterator[dict[str, str]]:
     """A node of its own: Redis, its workers, an etcd prefix (deleted afterwards); yields its
     environment."""
-    with own_redis(root) as redis_url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAO_")} | {
-            "MAO_REDIS_URL": redis_url,
-            "MAO_ETCD_ENDPOINTS": "127.0.0.1:2379",
-            "MAO_ETCD_PREFIX": f"/mao-bench-{uuid.uuid4().hex[:8]}/",
-            "MAO_IMPORTDIR": str(root / "importdir"),
-            "MAO_TOOL_NETWORK": "none",
-            "MAO_CONTAINER_SLOTS": str(concurrency),
-        }
+    with bench_env(root, MAO_CONTAINER_SLOTS=str(concurrency)) as env:
         celery = [sys.executable, "-m", "celery", "-A", "mao_celery.celery_app", "worker"]
         celery += ["--without-mingle", "--without-gossip", "-l", "warning"]
         pool = {"CELERY_CUSTOM_WORKER_POOL": "mao_celery.celery_app:ContainerPool"}
@@ -123,12 +104,6 @@ def bench_node(root: Path, concurrency: int) -> Iterator[dict[str, str]]:
                 worker.terminate()
             for worker in workers:
                 worker.wait(60)
-            subprocess.run(
-                ["etcdctl", "del", "--prefix", env["MAO_ETCD_PREFIX"]],
-                capture_output=True,
-                env=os.environ | {"ETCDCTL_API": "3"},
-                check=False,
-            )
 
 
 def add_tool(env: dict[str, str], name: str, image: str, url: str) -> None:

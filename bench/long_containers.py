@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -23,13 +22,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
-from run_overhead import BASE, REPO_ROOT, make_data_repo, own_redis
+from run_overhead import REPO_ROOT, bench_env, build_image, make_data_repo
 
 from mao_celery import tools
 from mao_celery.containers import LABEL_RUN_ID
@@ -40,17 +38,6 @@ TARGET_S = 90.0
 TARGET_MB = 600.0
 SAMPLE_S = 0.5
 READY_TIMEOUT_S = 120.0
-
-
-def build_image(client: docker.DockerClient, seconds: int) -> str:
-    """The tag of a tool image that sleeps `seconds` seconds, then writes a control file."""
-    tag = f"mao-bench-long-{seconds}:latest"
-    script = f"sleep {seconds}; echo 1 > /usr/src/app/data/control-1.csv"
-    dockerfile = f"FROM {BASE}\nCMD {json.dumps(['sh', '-c', script])}\n"
-    with tempfile.TemporaryDirectory() as context:
-        (Path(context) / "Dockerfile").write_text(dockerfile)
-        client.images.build(path=context, tag=tag, rm=True)
-    return tag
 
 
 def descendants(root: int) -> list[int]:
@@ -133,17 +120,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60, help="container seconds (default 60)")
     args = parser.parse_args()
     client = docker.from_env()
-    image = build_image(client, args.seconds)
-    with tempfile.TemporaryDirectory() as tmp, own_redis(Path(tmp)) as redis_url:
+    script = f"sleep {args.seconds}; echo 1 > /usr/src/app/data/control-1.csv"
+    image = build_image(f"mao-bench-long-{args.seconds}:latest", script)
+    with tempfile.TemporaryDirectory() as tmp, bench_env(Path(tmp)) as env:
         root = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MAO_", "CELERY_"))}
-        env |= {
-            "MAO_REDIS_URL": redis_url,
-            "MAO_ETCD_ENDPOINTS": "127.0.0.1:2379",
-            "MAO_ETCD_PREFIX": f"/mao-bench-{uuid.uuid4().hex[:8]}/",
-            "MAO_IMPORTDIR": str(root / "importdir"),
-            "MAO_TOOL_NETWORK": "none",
-        }
         run_ids: list[str] = []
         try:
             elapsed_s, peak, counts = measure(env, root, image, args, run_ids)
@@ -151,12 +131,6 @@ def main() -> None:
             for container in client.containers.list(all=True, filters={"label": LABEL_RUN_ID}):
                 if container.labels[LABEL_RUN_ID] in run_ids:
                     container.remove(force=True)
-            subprocess.run(
-                ["etcdctl", "del", "--prefix", env["MAO_ETCD_PREFIX"]],
-                capture_output=True,
-                env=os.environ | {"ETCDCTL_API": "3"},
-                check=False,
-            )
     target_s = TARGET_S * args.seconds / 60
     print(f"{args.runs} runs of {args.seconds} s containers at once; outcomes: {dict(counts)}")
     print(f"{'measure':34}{'value':>10}{'target':>10}{'value / target':>16}")

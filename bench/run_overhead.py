@@ -79,27 +79,50 @@ def make_data_repo(root: Path) -> str:
     return f"file://{bare}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10, help="runs of each (default 10)")
-    runs = parser.parse_args().runs
-
-    client = docker.from_env()
-    dockerfile = f"FROM {BASE}\nCMD {json.dumps(['sh', '-c', SCRIPT])}\n"
+def build_image(tag: str, script: str) -> str:
+    """Build tool image `tag` from the test base image, running `sh -c script`; returns `tag`."""
+    dockerfile = f"FROM {BASE}\nCMD {json.dumps(['sh', '-c', script])}\n"
     with tempfile.TemporaryDirectory() as context:
         (Path(context) / "Dockerfile").write_text(dockerfile)
-        client.images.build(path=context, tag=IMAGE, rm=True)
+        docker.from_env().images.build(path=context, tag=tag, rm=True)
+    return tag
 
-    with tempfile.TemporaryDirectory() as tmp, own_redis(Path(tmp)) as redis_url:
-        root = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAO_")} | {
+
+@contextlib.contextmanager
+def bench_env(root: Path, **settings: str) -> Iterator[dict[str, str]]:
+    """The environment of a node of the bench's own: a throw-away Redis (`own_redis`), this
+    node's etcd (127.0.0.1:2379) under a prefix of its own, deleted afterwards, an importdir in
+    `root`, tools without network, plus the MAO_* `settings` given."""
+    with own_redis(root) as redis_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MAO_", "CELERY_"))}
+        env |= {
             "MAO_REDIS_URL": redis_url,
             "MAO_ETCD_ENDPOINTS": "127.0.0.1:2379",
             "MAO_ETCD_PREFIX": f"/mao-bench-{uuid.uuid4().hex[:8]}/",
             "MAO_IMPORTDIR": str(root / "importdir"),
             "MAO_TOOL_NETWORK": "none",
-            "MAO_CONTAINER_SLOTS": "0",  # no container worker: this worker takes the containers
+            **settings,
         }
+        try:
+            yield env
+        finally:
+            subprocess.run(
+                ["etcdctl", "del", "--prefix", env["MAO_ETCD_PREFIX"]],
+                capture_output=True,
+                env=os.environ | {"ETCDCTL_API": "3"},
+                check=False,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10, help="runs of each (default 10)")
+    runs = parser.parse_args().runs
+
+    build_image(IMAGE, SCRIPT)
+    # no container worker: this worker takes the containers
+    with tempfile.TemporaryDirectory() as tmp, bench_env(Path(tmp), MAO_CONTAINER_SLOTS="0") as env:
+        root = Path(tmp)
         maoctl = [sys.executable, str(REPO_ROOT / "cli.py")]
         celery = [sys.executable, "-m", "celery", "-A", "mao_celery.celery_app", "worker"]
         worker = subprocess.Popen(
@@ -137,12 +160,6 @@ def main() -> None:
         finally:
             worker.terminate()
             worker.wait(30)
-            subprocess.run(
-                ["etcdctl", "del", "--prefix", env["MAO_ETCD_PREFIX"]],
-                capture_output=True,
-                env=os.environ | {"ETCDCTL_API": "3"},
-                check=False,
-            )
 
     bare_median, mao_median = statistics.median(docker_s), statistics.median(maoctl_s)
     print(f"runs of each: {runs} (interleaved)")
