@@ -55,18 +55,28 @@ POISONED_ENV = {
 }
 
 
-def test_every_module_imports_without_reading_settings_or_services(tmp_path: Path) -> None:
-    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+def bare_env(home: Path) -> dict[str, str]:
+    """An environment with nothing of the node's but the poisoned settings, HOME in `home`."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), **POISONED_ENV}
 
-    result = subprocess.run(
-        [sys.executable, "-c", script, *MODULES],
+
+def python(script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`script` run by a Python interpreter of its own in the repository, with `args` and `env`."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
         cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **POISONED_ENV},
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_every_module_imports_without_reading_settings_or_services(tmp_path: Path) -> None:
+    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+
+    result = python(script, *MODULES, env=bare_env(tmp_path))
 
     assert result.returncode == 0, result.stderr
     assert len(MODULES) > 20
@@ -81,15 +91,7 @@ def test_help_of_every_group_loads_no_heavy_library(tmp_path: Path) -> None:
         + LOADED_LIBRARIES
     )
 
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **POISONED_ENV},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = python(script, env=bare_env(tmp_path))
 
     assert result.returncode == 0, result.stderr
     assert "Commands:" in result.stdout
@@ -105,15 +107,7 @@ def loaded_by(argv: list[str], env: dict[str, str]) -> tuple[str, set[str]]:
         "import sys, cli\n"
         f"cli.main({argv!r}, prog_name='maoctl', standalone_mode=False)\n" + LOADED_LIBRARIES
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = python(script, env=env)
     assert result.returncode == 0, result.stderr
     *_, modules = result.stderr.splitlines()
     return result.stdout, set(modules.split())
@@ -122,10 +116,7 @@ def loaded_by(argv: list[str], env: dict[str, str]) -> tuple[str, set[str]]:
 def test_tool_get_loads_neither_celery_nor_redis_nor_docker_and_json_no_rich(
     tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str
 ) -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        **POISONED_ENV,
+    env = bare_env(tmp_path) | {
         "MAO_CONFIG": "",
         "MAO_REDIS_URL": "redis://127.0.0.1:1/0",  # valid, never reached
         "MAO_ETCD_ENDPOINTS": etcd_server.endpoint,
@@ -150,10 +141,7 @@ def test_tool_get_loads_neither_celery_nor_redis_nor_docker_and_json_no_rich(
 def test_tool_run_no_wait_loads_no_stage_line_nor_docker_nor_config_parser(
     tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str, redis_url: str
 ) -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        **POISONED_ENV,
+    env = bare_env(tmp_path) | {
         "MAO_CONFIG": "",
         "MAO_REDIS_URL": redis_url,
         "MAO_ETCD_ENDPOINTS": etcd_server.endpoint,
