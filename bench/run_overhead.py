@@ -2,8 +2,16 @@
 
 Runs both N times, interleaved, with a Redis server and a worker started for the purpose (the
 node's Redis is not touched), this node's etcd (scripts/setup.sh) under a prefix of its own that is
-deleted afterwards, and its own importdir, and prints the median wall times (seconds) and their
-ratio side by side. Usage:
+deleted afterwards, and its own importdir. In the same loop it times two more rows:
+
+- "original's design (stand-in)": the original (2019) MAO ran the tool's container synchronously
+  in its aiohttp server on a request of its `requests` CLI; it cannot run here, so a lower bound of
+  its design is timed instead (`StandInServer`, `STAND_IN_CLI`: warm loopback server, no etcd
+  read, no spike detection);
+- "python -c pass": the interpreter's own start-up, the floor of any Python CLI.
+
+Prints the median/min/max wall times (seconds) side by side, then the ratios maoctl / docker run,
+stand-in / docker run and maoctl / stand-in. Usage:
 
     .venv/bin/python bench/run_overhead.py [--runs N]
 """
@@ -19,9 +27,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
@@ -30,6 +40,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE = "mao-busybox:latest"
 IMAGE = "mao-bench-minimal:latest"
 SCRIPT = "echo 1 > /usr/src/app/data/control-$(date +%s%N).csv"
+# The original CLI's design: `maoctl.py tool run NAME` (argparse), one POST with `requests`.
+# argv: SERVER_URL tool run NAME; prints the reply, exits non-zero on an HTTP error.
+STAND_IN_CLI = """
+import argparse, configparser, json, sys
+import requests
+parser = argparse.ArgumentParser(prog="maoctl.py")
+tool = parser.add_subparsers(dest="command", required=True).add_parser("tool")
+tool.add_subparsers(dest="action", required=True).add_parser("run").add_argument("name")
+args = parser.parse_args(sys.argv[2:])
+reply = requests.post(sys.argv[1], json={"name": args.name}, timeout=600)
+reply.raise_for_status()
+print(json.dumps(reply.json()))
+"""
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -86,6 +109,62 @@ def build_image(tag: str, script: str) -> str:
         (Path(context) / "Dockerfile").write_text(dockerfile)
         docker.from_env().images.build(path=context, tag=tag, rm=True)
     return tag
+
+
+class StandInServer(ThreadingHTTPServer):
+    """Stand-in for the original (2019) MAO server: on POST, runs `IMAGE` on `data_dir`
+    synchronously through the Docker SDK, as the original did (no hardening), and answers 200
+    with a small JSON body (500 with the error if the container fails). A lower bound of the
+    original: warm, no etcd read, no spike detection. Loopback, free port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _StandInHandler)
+        self.data_dir = data_dir
+        self.docker = docker.from_env()
+
+    @property
+    def url(self) -> str:
+        """The `http://127.0.0.1:PORT/` URL the server listens on."""
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+class _StandInHandler(BaseHTTPRequestHandler):
+    server: StandInServer
+
+    def do_POST(self) -> None:
+        """Run the tool container to its end, then answer with JSON `{"tool": ..., ...}`."""
+        name = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["name"]
+        volumes = {str(self.server.data_dir): {"bind": "/usr/src/app/data", "mode": "rw"}}
+        try:
+            self.server.docker.containers.run(
+                IMAGE, remove=True, network_mode="none", volumes=volumes
+            )
+            status, reply = 200, {"tool": name, "status": "done"}
+        except docker.errors.DockerException as exc:
+            status, reply = 500, {"tool": name, "error": str(exc)}
+        body = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """No access log on stderr."""
+
+
+@contextlib.contextmanager
+def stand_in_server(data_dir: Path) -> Iterator[str]:
+    """A `StandInServer` on `data_dir`, served from a thread; yields its URL, shut down after."""
+    server = StandInServer(data_dir)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.url
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 @contextlib.contextmanager
@@ -153,20 +232,36 @@ def main() -> None:
             data_dir = root / "importdir" / "bench"
             bare = ["docker", "run", "--rm", "--network", "none"]
             bare += ["-v", f"{data_dir}:/usr/src/app/data", IMAGE]
-            docker_s, maoctl_s = [], []
-            for _ in range(runs):
-                docker_s.append(timed(bare, env))
-                maoctl_s.append(timed([*maoctl, "tool", "run", "bench"], env))
+            docker_s: list[float] = []
+            maoctl_s: list[float] = []
+            stand_in_s: list[float] = []
+            python_s: list[float] = []
+            with stand_in_server(data_dir) as server_url:
+                stand_in = [sys.executable, "-c", STAND_IN_CLI, server_url, "tool", "run", "bench"]
+                for _ in range(runs):
+                    docker_s.append(timed(bare, env))
+                    maoctl_s.append(timed([*maoctl, "tool", "run", "bench"], env))
+                    stand_in_s.append(timed(stand_in, env))
+                    python_s.append(timed([sys.executable, "-c", "pass"], env))
         finally:
             worker.terminate()
             worker.wait(30)
 
+    rows = {
+        "docker run --rm": docker_s,
+        "maoctl tool run": maoctl_s,
+        "original's design (stand-in)": stand_in_s,
+        "python -c pass": python_s,
+    }
     bare_median, mao_median = statistics.median(docker_s), statistics.median(maoctl_s)
+    stand_in_median = statistics.median(stand_in_s)
     print(f"runs of each: {runs} (interleaved)")
-    print(f"{'':24}{'median s':>10}{'min s':>10}{'max s':>10}")
-    for label, times in (("docker run --rm", docker_s), ("maoctl tool run", maoctl_s)):
-        print(f"{label:24}{statistics.median(times):10.3f}{min(times):10.3f}{max(times):10.3f}")
+    print(f"{'':30}{'median s':>10}{'min s':>10}{'max s':>10}")
+    for label, times in rows.items():
+        print(f"{label:30}{statistics.median(times):10.3f}{min(times):10.3f}{max(times):10.3f}")
     print(f"ratio maoctl / docker run: {mao_median / bare_median:.2f}")
+    print(f"ratio stand-in / docker run: {stand_in_median / bare_median:.2f}")
+    print(f"ratio maoctl / stand-in: {mao_median / stand_in_median:.2f}")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,19 @@
 # answers is left alone. What this script starts is recorded in var/run/*.pid, and scripts/stop.sh stops only that.
 #
 # Environment: MAO_REDIS_PORT (default 6379), MAO_ETCD_PORT (default 2379),
-# MAO_ETCD_PEER_PORT (default 2380). Everything listens on 127.0.0.1 only.
+# MAO_ETCD_PEER_PORT (default 2380), MAO_VENV_PYTHON (the interpreter of .venv; default
+# /usr/bin/python3, Debian's build with PGO and LTO, the one the node image runs: an interpreter
+# built without them, as pyenv builds by default, starts every maoctl command about 25 % slower,
+# see bench/README.md). Everything listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 VAR=$PWD/var
 REDIS_PORT=${MAO_REDIS_PORT:-6379}
+VENV_PYTHON=${MAO_VENV_PYTHON:-/usr/bin/python3}
 ETCD_PORT=${MAO_ETCD_PORT:-2379}
 ETCD_PEER_PORT=${MAO_ETCD_PEER_PORT:-2380}
-PACKAGES=(redis-server etcd-server etcd-client docker.io docker-compose git debootstrap busybox-static)
+PACKAGES=(python3-venv redis-server etcd-server etcd-client docker.io docker-compose git debootstrap busybox-static)
 BASE_IMAGE=mao-base:bookworm
 BUSYBOX_IMAGE=mao-busybox:latest
 TEMP_DIRS=()
@@ -72,9 +76,14 @@ install_packages() {
 }
 
 install_venv() {
-  local stamp=$VAR/.venv-stamp
+  local stamp=$VAR/.venv-stamp interpreter
+  interpreter=$(readlink -f "$(command -v "$VENV_PYTHON")") || die "no interpreter $VENV_PYTHON"
+  if [[ -x .venv/bin/python && $(readlink -f .venv/bin/python) != "$interpreter" ]]; then
+    say "venv: rebuilding .venv on $interpreter (it was on $(readlink -f .venv/bin/python))"
+    rm -rf .venv
+  fi
   if [[ ! -x .venv/bin/python ]]; then
-    python3 -m venv .venv
+    "$interpreter" -m venv .venv
     rm -f "$stamp"
   fi
   if [[ -f $stamp && -z $(find requirements*.txt pyproject.toml -newer "$stamp") ]]; then
