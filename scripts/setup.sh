@@ -77,7 +77,8 @@ install_packages() {
 
 install_venv() {
   local stamp=$VAR/.venv-stamp interpreter
-  interpreter=$(readlink -f "$(command -v "$VENV_PYTHON")") || die "no interpreter $VENV_PYTHON"
+  interpreter=$(readlink -f "$(command -v "$VENV_PYTHON")") ||
+    die "MAO_VENV_PYTHON: no interpreter $VENV_PYTHON (name an installed python3.11 or unset it)"
   if [[ -x .venv/bin/python && $(readlink -f .venv/bin/python) != "$interpreter" ]]; then
     say "venv: rebuilding .venv on $interpreter (it was on $(readlink -f .venv/bin/python))"
     rm -rf .venv
