@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
-from run_overhead import REPO_ROOT, bench_env, build_image, make_data_repo, timed
+from run_overhead import REPO_ROOT, bench_env, build_image, make_data_repo, timed, timed_output
 
 IMAGE = "mao-bench-minimal:latest"
 SLEEP_IMAGE = "mao-bench-sleep:latest"
@@ -67,12 +67,8 @@ def processes(
 def timed_queue(argv: list[str], env: dict[str, str]) -> float:
     """Wall time of `argv`, a `maoctl tool run --no-wait` of one tool; then (not timed) waits
     until its run ended, so that the next command finds the tool free and the workers idle."""
-    started = time.perf_counter()
-    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - started
-    if out.returncode:
-        sys.exit(f"tool run --no-wait failed: {out.stderr.strip()}")
-    until(lambda: all_ended(env["MAO_REDIS_URL"], [out.stdout.strip()]), 120)
+    elapsed, run_id = timed_output(argv, env)
+    until(lambda: all_ended(env["MAO_REDIS_URL"], [run_id.strip()]), 120)
     return elapsed
 
 

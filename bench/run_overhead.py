@@ -55,14 +55,19 @@ print(json.dumps(reply.json()))
 """
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    """Wall time of one command in seconds; exits if it fails."""
+def timed_output(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Wall time of one command in seconds, and its stdout; exits if it fails."""
     started = time.perf_counter()
     result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{' '.join(argv[:4])} failed ({result.returncode}): {result.stderr.strip()}")
-    return elapsed
+    return elapsed, result.stdout
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time of one command in seconds; exits if it fails."""
+    return timed_output(argv, env)[0]
 
 
 @contextlib.contextmanager

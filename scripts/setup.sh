@@ -76,11 +76,12 @@ install_packages() {
 }
 
 install_venv() {
-  local stamp=$VAR/.venv-stamp interpreter
+  local stamp=$VAR/.venv-stamp interpreter current
   interpreter=$(readlink -f "$(command -v "$VENV_PYTHON")") ||
     die "MAO_VENV_PYTHON: no interpreter $VENV_PYTHON (name an installed python3.11 or unset it)"
-  if [[ -x .venv/bin/python && $(readlink -f .venv/bin/python) != "$interpreter" ]]; then
-    say "venv: rebuilding .venv on $interpreter (it was on $(readlink -f .venv/bin/python))"
+  current=$(readlink -e .venv/bin/python) || current=$interpreter
+  if [[ $current != "$interpreter" ]]; then
+    say "venv: rebuilding .venv on $interpreter (it was on $current)"
     rm -rf .venv
   fi
   if [[ ! -x .venv/bin/python ]]; then

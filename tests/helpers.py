@@ -38,6 +38,10 @@ TOOL_ARGS = (
 )
 """`tool add NAME` arguments after the name: author, image, data repo, code repo, artefact."""
 WORKER_SH = REPO_ROOT / "worker.sh"
+HEAVY = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("heavy")]
+"""The `pytestmark` of the heavy modules (100 containers, worker kills and restarts): one xdist
+worker runs them one after another, since the containers of one would otherwise starve the
+others, whose worker restarts and sweeps are timed."""
 COUNTING_TOOL = (
     "cd /usr/src/app/data; echo start >> starts.txt; sleep {sleep_s}; "
     'echo 100 > "control-$(wc -l < starts.txt).csv"'

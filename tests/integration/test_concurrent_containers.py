@@ -23,11 +23,9 @@ from mao_celery.node import Node
 from mao_celery.settings import Settings
 from tests.fixtures.node import NodeUnderTest, Worker
 from tests.fixtures.services import unique_name
-from tests.helpers import RUN_WAIT_S, wait_until
+from tests.helpers import HEAVY, RUN_WAIT_S, wait_until
 
-# One xdist worker runs these one after another: the 100 containers of one would otherwise
-# starve the others, whose worker restarts and sweeps are timed.
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("heavy")]
+pytestmark = HEAVY
 
 
 @pytest.fixture

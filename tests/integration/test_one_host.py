@@ -19,6 +19,7 @@ from mao_celery.periodic import RECOVER_RUNS
 from tests.fixtures.node import NodeUnderTest
 from tests.helpers import (
     COUNTING_TOOL,
+    HEAVY,
     queue_run,
     register,
     run_containers,
@@ -26,9 +27,7 @@ from tests.helpers import (
     wait_until,
 )
 
-# One xdist worker runs these one after another: the 100 containers of one would otherwise
-# starve the others, whose worker restarts and sweeps are timed.
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("heavy")]
+pytestmark = HEAVY
 
 
 @pytest.fixture

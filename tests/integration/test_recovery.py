@@ -23,6 +23,7 @@ from mao_celery.models import RunReport, RunStatus
 from tests.fixtures.node import WORKER_READY_TIMEOUT_S, NodeUnderTest
 from tests.helpers import (
     COUNTING_TOOL,
+    HEAVY,
     Script,
     containers_created,
     queue_run,
@@ -32,9 +33,7 @@ from tests.helpers import (
     wait_until,
 )
 
-# One xdist worker runs these one after another: the 100 containers of one would otherwise
-# starve the others, whose worker restarts and sweeps are timed.
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("heavy")]
+pytestmark = HEAVY
 
 RECOVERY_LIMIT_S = 60.0
 """A killed worker's run ends at most this long after the worker is back (issue 9)."""
